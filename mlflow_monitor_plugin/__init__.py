@@ -1,0 +1,49 @@
+"""mlflow-monitor: production monitoring for open-source MLflow.
+
+The monitor API follows ``databricks.agents.monitoring``::
+
+    from mlflow_monitor_plugin import create_external_monitor, AssessmentsSuiteConfig, BuiltinJudge
+"""
+
+from mlflow_monitor_plugin.api import (
+    create_external_monitor,
+    delete_external_monitor,
+    get_external_monitor,
+    list_external_monitors,
+    update_external_monitor,
+)
+from mlflow_monitor_plugin.config import (
+    AssessmentsSuiteConfig,
+    BuiltinJudge,
+    ExternalMonitor,
+    GuidelinesJudge,
+)
+from mlflow_monitor_plugin.exceptions import (
+    ExportError,
+    MonitorConfigError,
+    MonitorError,
+    MonitorExistsError,
+    MonitorNotFoundError,
+    MonitorStorageError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssessmentsSuiteConfig",
+    "BuiltinJudge",
+    "ExportError",
+    "ExternalMonitor",
+    "GuidelinesJudge",
+    "MonitorConfigError",
+    "MonitorError",
+    "MonitorExistsError",
+    "MonitorNotFoundError",
+    "MonitorStorageError",
+    "__version__",
+    "create_external_monitor",
+    "delete_external_monitor",
+    "get_external_monitor",
+    "list_external_monitors",
+    "update_external_monitor",
+]

@@ -1,0 +1,192 @@
+"""The Databricks-compatible monitor API: create, get, update, delete and list monitors.
+
+Signatures follow ``databricks.agents.monitoring`` so that Databricks code runs unchanged but for
+its import line. The experiment is the active one unless ``experiment_id`` or ``experiment_name``
+is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from mlflow_monitor_plugin.config import (
+    AssessmentsSuiteConfig,
+    ExternalMonitor,
+    check_identifier,
+)
+from mlflow_monitor_plugin.exceptions import (
+    MonitorConfigError,
+    MonitorExistsError,
+    MonitorNotFoundError,
+    MonitorStorageError,
+)
+from mlflow_monitor_plugin.tags import CONFIG_TAG, MonitorTags
+
+_logger = logging.getLogger(__name__)
+
+EXPORT_ROOT_ENV = "MLFLOW_MONITOR_EXPORT_ROOT"
+DEFAULT_EXPORT_ROOT = "mlflow_monitor_exports"
+
+
+def resolve_experiment_id(
+    experiment_id: str | None = None,
+    experiment_name: str | None = None,
+    client: MlflowClient | None = None,
+) -> str:
+    """The explicit experiment, else the active one (``set_experiment``, MLFLOW_EXPERIMENT_*)."""
+    client = client or MlflowClient()
+    if experiment_id is not None and experiment_name is not None:
+        raise MonitorConfigError(
+            "experiment_id/experiment_name",
+            (experiment_id, experiment_name),
+            "give one of them, not both",
+        )
+    if experiment_name is not None:
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            raise MonitorNotFoundError(f"Experiment named {experiment_name!r} does not exist.")
+        return experiment.experiment_id
+    if experiment_id is not None:
+        return str(experiment_id)
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    return str(_get_experiment_id())
+
+
+def default_export_uri(catalog_name: str, schema_name: str, experiment_id: str) -> str:
+    root = os.environ.get(EXPORT_ROOT_ENV) or DEFAULT_EXPORT_ROOT
+    return _absolute(f"{root.rstrip('/')}/{catalog_name}/{schema_name}/trace_logs_{experiment_id}")
+
+
+def _absolute(uri: str) -> str:
+    """Local paths become absolute now, so the daemon finds them from any working directory."""
+    if "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def create_external_monitor(
+    *,
+    catalog_name: str,
+    schema_name: str,
+    assessments_config: AssessmentsSuiteConfig | dict[str, Any],
+    experiment_id: str | None = None,
+    experiment_name: str | None = None,
+    export_uri: str | None = None,
+) -> ExternalMonitor:
+    """Create the monitor of an experiment; it starts with the next pass of ``mlflow monitor run``.
+
+    Traces are exported to ``<MLFLOW_MONITOR_EXPORT_ROOT>/<catalog>/<schema>/trace_logs_<id>``
+    unless ``export_uri`` (a local path or a URI pyarrow understands) is given.
+    """
+    check_identifier("catalog_name", catalog_name)
+    check_identifier("schema_name", schema_name)
+    suite = AssessmentsSuiteConfig.from_dict(assessments_config)
+    if export_uri is not None and (not isinstance(export_uri, str) or not export_uri.strip()):
+        raise MonitorConfigError("export_uri", export_uri, "expected a local path or a URI")
+    store = MonitorTags()
+    exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
+    tags = store.experiment_tags(exp_id)
+    if CONFIG_TAG in tags:
+        raise MonitorExistsError(
+            f"Experiment {exp_id} already has a monitor; use update_external_monitor() to change "
+            "it, or delete_external_monitor() first."
+        )
+    now = _now_ms()
+    monitor = ExternalMonitor(
+        experiment_id=exp_id,
+        assessments_config=suite,
+        catalog_name=catalog_name,
+        schema_name=schema_name,
+        export_uri=_absolute(export_uri)
+        if export_uri
+        else default_export_uri(catalog_name, schema_name, exp_id),
+        monitor_id=uuid.uuid4().hex,
+        created_at_ms=now,
+        updated_at_ms=now,
+    )
+    store.write_config(monitor)
+    return monitor
+
+
+def get_external_monitor(
+    *, experiment_id: str | None = None, experiment_name: str | None = None
+) -> ExternalMonitor:
+    """The monitor of an experiment; ``MonitorNotFoundError`` when it has none."""
+    store = MonitorTags()
+    exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
+    monitor = store.read_config(exp_id)
+    if monitor is None:
+        raise MonitorNotFoundError(f"Experiment {exp_id} has no monitor.")
+    return monitor
+
+
+def update_external_monitor(
+    *,
+    assessments_config: AssessmentsSuiteConfig | dict[str, Any],
+    experiment_id: str | None = None,
+    experiment_name: str | None = None,
+) -> ExternalMonitor:
+    """Replace the monitor's assessments config whole (stateless, as Databricks documents).
+
+    The export location is fixed at creation. A rejected update changes nothing.
+    """
+    suite = AssessmentsSuiteConfig.from_dict(assessments_config)
+    store = MonitorTags()
+    exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
+    tags = store.experiment_tags(exp_id)
+    current = store.read_config(exp_id)
+    if current is None:
+        raise MonitorNotFoundError(f"Experiment {exp_id} has no monitor to update.")
+    updated = ExternalMonitor(
+        experiment_id=exp_id,
+        assessments_config=suite,
+        catalog_name=current.catalog_name,
+        schema_name=current.schema_name,
+        export_uri=current.export_uri,
+        monitor_id=current.monitor_id,
+        config_version=current.config_version + 1,
+        created_at_ms=current.created_at_ms,
+        updated_at_ms=max(_now_ms(), current.updated_at_ms),
+    )
+    store.write_config(updated, previous=tags)
+    return updated
+
+
+def delete_external_monitor(
+    *, experiment_id: str | None = None, experiment_name: str | None = None
+) -> None:
+    """Remove the monitor (config and checkpoints). Verdicts already logged and exports stay."""
+    store = MonitorTags()
+    exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
+    tags = store.experiment_tags(exp_id)
+    if CONFIG_TAG not in tags:
+        raise MonitorNotFoundError(f"Experiment {exp_id} has no monitor.")
+    store.delete_namespace(exp_id, tags)
+
+
+def list_external_monitors() -> list[ExternalMonitor]:
+    """Every monitor on the tracking server. A monitor whose tags cannot be read is left out;
+    ``get_external_monitor`` on its experiment says why."""
+    store = MonitorTags()
+    monitors = []
+    for exp_id in store.monitored_experiment_ids():
+        try:
+            monitor = store.read_config(exp_id)
+        except (MonitorStorageError, MonitorNotFoundError) as e:
+            _logger.warning("Skipping the monitor of experiment %s: %s", exp_id, e)
+            continue
+        if monitor is not None:
+            monitors.append(monitor)
+    return monitors

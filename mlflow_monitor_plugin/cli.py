@@ -1,0 +1,331 @@
+"""The ``mlflow monitor`` command group (also installed as ``mlflow-monitor``).
+
+Commands are thin: they parse options, call the library, and print. Library errors become
+``click.ClickException`` here, so users see one clear line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_monitor_plugin import api
+from mlflow_monitor_plugin.config import AssessmentsSuiteConfig, ExternalMonitor
+from mlflow_monitor_plugin.exceptions import MonitorError
+
+_logger = logging.getLogger(__name__)
+
+
+def experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-x/--experiment-id`` and ``--experiment-name``, as MLflow's own CLI spells them."""
+    func = click.option(
+        "--experiment-name",
+        envvar="MLFLOW_EXPERIMENT_NAME",
+        help="Experiment name. Defaults to $MLFLOW_EXPERIMENT_NAME.",
+    )(func)
+    return click.option(
+        "-x",
+        "--experiment-id",
+        envvar="MLFLOW_EXPERIMENT_ID",
+        help="Experiment ID. Defaults to $MLFLOW_EXPERIMENT_ID, else the default experiment.",
+    )(func)
+
+
+def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(func)
+
+
+def suite_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The ways to give an assessments config: a YAML/JSON file, or flags."""
+    options = [
+        click.option(
+            "--config-file",
+            "-f",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="YAML or JSON file with the assessments config (see the examples/ folder).",
+        ),
+        click.option(
+            "--judge",
+            "judges",
+            multiple=True,
+            metavar="NAME[:RATE]",
+            help="A built-in judge, e.g. 'safety' or 'groundedness:0.4'. Repeatable.",
+        ),
+        click.option(
+            "--guideline",
+            "guidelines",
+            multiple=True,
+            metavar="NAME=TEXT",
+            help="A guideline judged under NAME, e.g. 'polite=The response is polite.'. "
+            "Repeat a NAME to give it several rules.",
+        ),
+        click.option("--sample", type=float, help="Default sample rate of every judge, 0.0-1.0."),
+        click.option("--model", help="Judge model URI, e.g. 'openai:/gpt-4o-mini'."),
+        click.option("--paused", is_flag=True, default=False, help="Create or keep it paused."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line CLI errors (exit code 1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return func(*args, **kwargs)
+        except (MonitorError, MlflowException) as e:
+            message = e.message if isinstance(e, MlflowException) else str(e)
+            raise click.ClickException(message) from e
+
+    return wrapper
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML; safe_load builds plain data, never objects
+    except yaml.YAMLError as e:
+        raise click.BadParameter(f"{path} is neither valid YAML nor JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def _parse_judge(spec: str) -> dict[str, Any]:
+    name, _, rate = spec.partition(":")
+    judge: dict[str, Any] = {"name": name.strip()}
+    if rate:
+        try:
+            judge["sample_rate"] = float(rate)
+        except ValueError:
+            raise click.BadParameter(
+                f"{spec!r}: the rate after ':' must be a number, e.g. 'groundedness:0.4'",
+                param_hint="--judge",
+            ) from None
+    return judge
+
+
+def _parse_guidelines(specs: tuple[str, ...]) -> dict[str, list[str]]:
+    guidelines: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep:
+            raise click.BadParameter(
+                f"{spec!r}: expected NAME=TEXT, e.g. 'polite=The response is polite.'",
+                param_hint="--guideline",
+            )
+        guidelines.setdefault(name.strip(), []).append(text)
+    return guidelines
+
+
+def build_suite(
+    file_data: dict[str, Any] | None,
+    judges: tuple[str, ...],
+    guidelines: tuple[str, ...],
+    sample: float | None,
+    model: str | None,
+    paused: bool,
+) -> dict[str, Any]:
+    """The assessments config from a file (its ``assessments_config`` key or the whole file),
+    extended by the flags."""
+    suite: dict[str, Any] = dict((file_data or {}).get("assessments_config", file_data or {}))
+    assessments = list(suite.get("assessments") or [])
+    assessments += [_parse_judge(j) for j in judges]
+    if guidelines:
+        assessments.append({"guidelines": _parse_guidelines(guidelines)})
+    suite["assessments"] = assessments
+    if sample is not None:
+        suite["sample"] = sample
+    if model is not None:
+        suite["model"] = model
+    if paused:
+        suite["paused"] = True
+    if not assessments:
+        raise click.UsageError("Give at least one judge: --judge, --guideline or --config-file.")
+    return suite
+
+
+def print_monitor(monitor: ExternalMonitor, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(monitor.to_dict(), indent=2))
+    else:
+        click.echo(str(monitor))
+
+
+@click.group("monitor")
+@click.version_option(package_name="mlflow-monitor", prog_name="mlflow-monitor")
+def monitor() -> None:
+    """Production monitoring: LLM judges on sampled traces, and every trace exported to Parquet.
+
+    \b
+    Quick start:
+      mlflow monitor create -x 1 --judge safety --judge groundedness:0.4
+      mlflow monitor run -x 1
+    """
+
+
+@monitor.command("create")
+@experiment_options
+@click.option("--catalog-name", default="workspace", show_default=True, help="Export catalog.")
+@click.option("--schema-name", default="default", show_default=True, help="Export schema.")
+@click.option("--export-uri", help="Export location: a local path or a URI pyarrow understands.")
+@suite_options
+@output_option
+@handle_errors
+def create_command(
+    experiment_id: str | None,
+    experiment_name: str | None,
+    catalog_name: str,
+    schema_name: str,
+    export_uri: str | None,
+    config_file: Path | None,
+    judges: tuple[str, ...],
+    guidelines: tuple[str, ...],
+    sample: float | None,
+    model: str | None,
+    paused: bool,
+    output: str,
+) -> None:
+    """Create the monitor of an experiment.
+
+    \b
+    Examples:
+      mlflow monitor create -x 1 --judge safety --judge groundedness:0.4 --sample 0.5
+      mlflow monitor create -x 1 --guideline "mlflow_only=Refuse questions unrelated to MLflow."
+      mlflow monitor create -x 1 -f examples/monitor.yaml
+    """
+    data = _read_file(config_file) if config_file else None
+    suite = build_suite(data, judges, guidelines, sample, model, paused)
+    file_args = data or {}
+    created = api.create_external_monitor(
+        catalog_name=file_args.get("catalog_name", catalog_name),
+        schema_name=file_args.get("schema_name", schema_name),
+        assessments_config=AssessmentsSuiteConfig.from_dict(suite),
+        experiment_id=experiment_id,
+        experiment_name=experiment_name,
+        export_uri=export_uri or file_args.get("export_uri"),
+    )
+    print_monitor(created, output)
+
+
+@monitor.command("get")
+@experiment_options
+@output_option
+@handle_errors
+def get_command(experiment_id: str | None, experiment_name: str | None, output: str) -> None:
+    """Show the monitor of an experiment.
+
+    \b
+    Example:
+      mlflow monitor get -x 1 --output json
+    """
+    print_monitor(
+        api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name),
+        output,
+    )
+
+
+@monitor.command("update")
+@experiment_options
+@suite_options
+@output_option
+@handle_errors
+def update_command(
+    experiment_id: str | None,
+    experiment_name: str | None,
+    config_file: Path | None,
+    judges: tuple[str, ...],
+    guidelines: tuple[str, ...],
+    sample: float | None,
+    model: str | None,
+    paused: bool,
+    output: str,
+) -> None:
+    """Replace the monitor's assessments config whole. The export location stays.
+
+    \b
+    Example:
+      mlflow monitor update -x 1 --judge safety --sample 0.2
+    """
+    data = _read_file(config_file) if config_file else None
+    suite = build_suite(data, judges, guidelines, sample, model, paused)
+    updated = api.update_external_monitor(
+        assessments_config=suite, experiment_id=experiment_id, experiment_name=experiment_name
+    )
+    print_monitor(updated, output)
+
+
+@monitor.command("delete")
+@experiment_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def delete_command(experiment_id: str | None, experiment_name: str | None, yes: bool) -> None:
+    """Delete the monitor of an experiment. Verdicts already logged and exports stay.
+
+    \b
+    Example:
+      mlflow monitor delete -x 1 --yes
+    """
+    exp_id = api.resolve_experiment_id(experiment_id, experiment_name)
+    if not yes:
+        click.confirm(f"Delete the monitor of experiment {exp_id}?", abort=True)
+    api.delete_external_monitor(experiment_id=exp_id)
+    click.echo(f"Deleted the monitor of experiment {exp_id}.")
+
+
+@monitor.command("list")
+@output_option
+@handle_errors
+def list_command(output: str) -> None:
+    """List every monitor on the tracking server.
+
+    \b
+    Example:
+      mlflow monitor list --output json
+    """
+    monitors = api.list_external_monitors()
+    if output == "json":
+        click.echo(json.dumps([m.to_dict() for m in monitors], indent=2))
+        return
+    if not monitors:
+        click.echo("No monitors. Create one with `mlflow monitor create`.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("experiment", "judges", "sample", "paused", "version", "export_uri")
+    for m in monitors:
+        suite = m.assessments_config
+        names = ", ".join(n for j in suite.assessments or [] for n in j.feedback_names)
+        table.add_row(
+            m.experiment_id,
+            names,
+            f"{suite.default_rate:g}",
+            "yes" if suite.paused else "no",
+            str(m.config_version),
+            m.export_uri,
+        )
+    Console(width=200).print(table)
+
+
+def main() -> None:
+    """Entry point of the standalone ``mlflow-monitor`` command."""
+    monitor(prog_name="mlflow-monitor")

@@ -1,0 +1,163 @@
+"""Shared fixtures: a real SQLite tracking store per test, a real `mlflow server` for the REST
+path, and the fake OpenAI-compatible judge. Nothing of MLflow is mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.fake_judge import FakeJudge, JudgeBehaviour
+
+# Traces are written synchronously in tests, so a test sees what it logged.
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///:memory:")  # never the user's store
+
+
+def _reset_active_experiment() -> None:
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None  # MLflow keeps the active experiment in a global
+
+
+@pytest.fixture(scope="session")
+def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite store per session; each test gets its own copy (migrations are slow)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(
+    tmp_path: Path, _template_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh SQLite tracking store for this test, set as the tracking URI."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_template_db, db)
+    uri = f"sqlite:///{db}"
+    yield from _use_tracking_uri(uri, tmp_path, monkeypatch)
+
+
+def _use_tracking_uri(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_MONITOR_EXPORT_ROOT", str(tmp_path / "exports"))
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    _reset_active_experiment()
+    yield uri
+    _reset_active_experiment()
+    mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` subprocess on 127.0.0.1 with its own SQLite store."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = root
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        cmd = [
+            str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            "--default-artifact-root", str(self.root / "artifacts"),
+            "--workers", "1",
+        ]  # fmt: skip
+        env = {**os.environ, "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self._log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives with the server
+        self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.root / 'server.log').read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"mlflow server did not start within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process:
+            self._log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rest_uri(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The session's `mlflow server` as the tracking URI (tests isolate by their own experiment)."""
+    yield from _use_tracking_uri(mlflow_server.url, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["sqlite", "rest"])
+def tracking_uri(request: pytest.FixtureRequest) -> str:
+    """Runs the test against a SQLite store and against a real `mlflow server`."""
+    return request.getfixturevalue("sqlite_uri" if request.param == "sqlite" else "rest_uri")
+
+
+@pytest.fixture
+def experiment_id(tracking_uri: str) -> str:
+    """A new experiment, set active, in whichever store the test runs against."""
+    return mlflow.set_experiment(f"exp-{uuid.uuid4().hex[:12]}").experiment_id
+
+
+@pytest.fixture
+def sqlite_experiment_id(sqlite_uri: str) -> str:
+    return mlflow.set_experiment(f"exp-{uuid.uuid4().hex[:12]}").experiment_id
+
+
+@pytest.fixture
+def fake_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudge]:
+    """The fake OpenAI-compatible judge, wired through OPENAI_API_BASE."""
+    with FakeJudge(JudgeBehaviour()) as judge:
+        monkeypatch.setenv("OPENAI_API_BASE", judge.url)
+        monkeypatch.setenv("OPENAI_BASE_URL", judge.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + uuid.uuid4().hex)
+        yield judge

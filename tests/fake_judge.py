@@ -1,0 +1,164 @@
+"""A fake LLM judge: a real HTTP server on loopback speaking OpenAI chat completions.
+
+MLflow's judges call it when ``OPENAI_API_BASE`` points here. Verdicts are deterministic (a
+function of the request text) and faults are injectable, per call or as a share of calls:
+latency, 429 with Retry-After, 500, a hang past the client's timeout, malformed JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "hang", "malformed")
+
+
+def default_verdict(prompt: str) -> str:
+    """'no' when the conversation mentions UNSAFE, else 'yes': stable across runs and processes."""
+    return "no" if "UNSAFE" in prompt else "yes"
+
+
+@dataclass
+class JudgeBehaviour:
+    latency_s: float = 0.0
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FAULTS
+    retry_after_s: float = 1.0
+    hang_s: float = 30.0
+    scripted: list[str] = field(default_factory=list)  # faults for the next calls, in order
+    verdict: Callable[[str], str] = default_verdict
+    seed: int = 0
+
+
+class FakeJudge:
+    """Start with ``with FakeJudge() as judge:``; ``judge.url`` is the OpenAI base URL."""
+
+    def __init__(self, behaviour: JudgeBehaviour | None = None):
+        self.behaviour = behaviour or JudgeBehaviour()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.served: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._random = random.Random(self.behaviour.seed)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
+
+    def __enter__(self) -> FakeJudge:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def count(self, outcome: str) -> int:
+        with self._lock:
+            return self.served.get(outcome, 0)
+
+    def _next_fault(self) -> str | None:
+        b = self.behaviour
+        with self._lock:
+            if b.scripted:
+                fault = b.scripted.pop(0)
+                return None if fault == "ok" else fault
+            if b.fault_rate and self._random.random() < b.fault_rate:
+                return self._random.choice(b.faults)
+        return None
+
+    def _record(self, outcome: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with self._lock:
+            self.served[outcome] = self.served.get(outcome, 0) + 1
+            self.requests.append(body)
+            self.headers.append(headers)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    body = {}
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                fault = judge._next_fault()
+                judge._record(fault or "ok", body, dict(self.headers))
+                behaviour = judge.behaviour
+                if behaviour.latency_s:
+                    time.sleep(behaviour.latency_s)
+                if fault == "429":
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                        {"Retry-After": f"{behaviour.retry_after_s:g}"},
+                    )
+                elif fault == "500":
+                    self._send(500, {"error": {"message": "internal error", "type": "server"}})
+                elif fault == "hang":
+                    time.sleep(behaviour.hang_s)
+                    self._send(504, {"error": {"message": "gateway timeout"}})
+                elif fault == "malformed":
+                    self._send(200, _completion(body, "this is {not json"))
+                else:
+                    prompt = json.dumps(body.get("messages", []))
+                    verdict = behaviour.verdict(prompt)
+                    digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+                    content = json.dumps(
+                        {"result": verdict, "rationale": f"fake judge says {verdict} ({digest})"}
+                    )
+                    self._send(200, _completion(body, content))
+
+            def _send(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): nothing to answer
+
+        return Handler
+
+
+def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "fake"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+    }
