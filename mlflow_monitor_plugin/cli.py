@@ -6,45 +6,16 @@ Commands are thin: they parse options, call the library, and print. Library erro
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mlflow_monitor_plugin import api
+from mlflow_monitor_plugin import api, cli_run
+from mlflow_monitor_plugin.cli_options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import AssessmentsSuiteConfig, ExternalMonitor
-from mlflow_monitor_plugin.exceptions import MonitorError
-
-_logger = logging.getLogger(__name__)
-
-
-def experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``-x/--experiment-id`` and ``--experiment-name``, as MLflow's own CLI spells them."""
-    func = click.option(
-        "--experiment-name",
-        envvar="MLFLOW_EXPERIMENT_NAME",
-        help="Experiment name. Defaults to $MLFLOW_EXPERIMENT_NAME.",
-    )(func)
-    return click.option(
-        "-x",
-        "--experiment-id",
-        envvar="MLFLOW_EXPERIMENT_ID",
-        help="Experiment ID. Defaults to $MLFLOW_EXPERIMENT_ID, else the default experiment.",
-    )(func)
-
-
-def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--output",
-        type=click.Choice(["table", "json"]),
-        default="table",
-        show_default=True,
-        help="Output format.",
-    )(func)
 
 
 def suite_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,22 +49,6 @@ def suite_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one-line CLI errors (exit code 1)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return func(*args, **kwargs)
-        except (MonitorError, MlflowException) as e:
-            message = e.message if isinstance(e, MlflowException) else str(e)
-            raise click.ClickException(message) from e
-
-    return wrapper
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -326,6 +281,14 @@ def list_command(output: str) -> None:
     Console(width=200).print(table)
 
 
+for command in cli_run.COMMANDS:
+    monitor.add_command(command)
+
+
 def main() -> None:
     """Entry point of the standalone ``mlflow-monitor`` command."""
     monitor(prog_name="mlflow-monitor")
+
+
+if __name__ == "__main__":
+    main()

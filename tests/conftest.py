@@ -23,6 +23,8 @@ from tests.fake_judge import FakeJudge, JudgeBehaviour
 # Traces are written synchronously in tests, so a test sees what it logged.
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///:memory:")  # never the user's store
+# MLflow fetches a model price catalog from the internet before a judge's first call; not here.
+os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
 
 
 def _reset_active_experiment() -> None:

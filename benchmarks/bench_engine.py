@@ -1,0 +1,165 @@
+"""Latency and throughput of the monitoring engine, against the store's raw write rate.
+
+Prints a JSON summary. Not part of the test suite.
+
+    python benchmarks/bench_engine.py --latency-traces 60 --throughput-traces 1000
+
+Latency: a daemon subprocess (`mlflow monitor run --interval 1`) watches a SQLite store while
+this process logs traces one at a time; for each trace we record when it finished and when all
+of its verdicts became visible to a reader polling the store every 50 ms.
+Throughput: `run --once`-style catch-up over N pending traces x 3 judges, the fake judge
+answering instantly; compared with raw `mlflow.log_feedback` calls on the same store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+
+import mlflow  # noqa: E402
+from mlflow.entities import AssessmentSource  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from mlflow_monitor_plugin import create_external_monitor  # noqa: E402
+from tests.fake_judge import FakeJudge, JudgeBehaviour  # noqa: E402
+from tests.traces_factory import log_traces  # noqa: E402
+
+SUITE = {"assessments": [{"name": "safety"}, {"name": "relevance_to_query"},
+                         {"name": "pii_detection"}]}  # fmt: skip
+JUDGES = 3
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def measure_latency(root: Path, traces: int, interval: float) -> dict:
+    uri = f"sqlite:///{root / 'latency.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment("latency").experiment_id
+    create_external_monitor(catalog_name="w", schema_name="d", assessments_config=SUITE)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
+           "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}  # fmt: skip
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_monitor_plugin.cli", "run", "-x", experiment_id,
+         "--interval", str(interval), "--no-export", "--log-level", "WARNING"],
+        env=env, cwd=root,
+    )  # fmt: skip
+    client = MlflowClient(uri)
+    finished: dict[str, float] = {}
+    visible: dict[str, float] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            now = time.time()
+            for t in client.search_traces([experiment_id], include_spans=False, max_results=500):
+                if t.info.trace_id not in visible and len(t.info.assessments) >= JUDGES:
+                    visible[t.info.trace_id] = now
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    time.sleep(3)  # the daemon's start-up
+    for i in range(traces):
+        (trace_id,) = log_traces(1, retriever=False, prefix=f"latency{i}-")
+        finished[trace_id] = time.time()
+        time.sleep(0.25)
+    deadline = time.time() + 120
+    while len(visible) < traces and time.time() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    daemon.terminate()
+    daemon.wait(30)
+    lat = [visible[t] - finished[t] for t in finished if t in visible]
+    return {
+        "interval_s": interval,
+        "traces": traces,
+        "missed": traces - len(lat),
+        "p50_s": round(statistics.median(lat), 2),
+        "p95_s": round(percentile(lat, 0.95), 2),
+        "max_s": round(max(lat), 2),
+    }
+
+
+def measure_throughput(root: Path, traces: int, workers: int) -> dict:
+    from mlflow_monitor_plugin.daemon import Daemon
+    from mlflow_monitor_plugin.engine import EngineSettings
+    from mlflow_monitor_plugin.scoring import ScoringSettings
+
+    uri = f"sqlite:///{root / 'throughput.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment("throughput").experiment_id
+    log_traces(traces, retriever=False)
+    create_external_monitor(catalog_name="w", schema_name="d", assessments_config=SUITE)
+    settings = EngineSettings(export=False, scoring=ScoringSettings(workers=workers))
+    started = time.perf_counter()
+    report = Daemon([experiment_id], settings=settings).run_until_idle()
+    seconds = time.perf_counter() - started
+    verdicts = sum(s.feedback_logged for s in report.stats)
+    return {"traces": traces, "judges": JUDGES, "workers": workers, "verdicts": verdicts,
+            "seconds": round(seconds, 2), "verdicts_per_s": round(verdicts / seconds, 1)}  # fmt: skip
+
+
+def raw_feedback_rate(root: Path, writes: int, threads: int) -> float:
+    uri = f"sqlite:///{root / 'raw.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("raw")
+    ids = log_traces(50, retriever=False)
+    source = AssessmentSource("CODE", "bench")
+
+    def write(i: int) -> None:
+        mlflow.log_feedback(trace_id=ids[i % len(ids)], name="raw", value="yes", source=source)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, range(writes)))
+    return round(writes / (time.perf_counter() - started), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-traces", type=int, default=60)
+    parser.add_argument("--throughput-traces", type=int, default=1000)
+    parser.add_argument("--intervals", default="1,3")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    summary: dict = {}
+    with FakeJudge(JudgeBehaviour()) as judge, tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(OPENAI_API_BASE=judge.url, OPENAI_API_KEY="sk-bench-not-a-key")
+        root = Path(tmp)
+        summary["latency"] = [
+            measure_latency(root / f"i{interval}", args.latency_traces, float(interval))
+            for interval in args.intervals.split(",")
+            if not (root / f"i{interval}").mkdir()
+        ]
+        summary["throughput"] = measure_throughput(root, args.throughput_traces, args.workers)
+        summary["raw_log_feedback_per_s"] = {
+            "1_thread": raw_feedback_rate(root, 500, 1),
+            f"{args.workers}_threads": raw_feedback_rate(root, 500, args.workers),
+        }
+        best_raw = max(summary["raw_log_feedback_per_s"].values())
+        summary["throughput_vs_raw"] = round(
+            summary["throughput"]["verdicts_per_s"] / best_raw, 2
+        )
+        summary["judge_calls"] = judge.count("ok")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

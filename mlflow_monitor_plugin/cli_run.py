@@ -1,0 +1,210 @@
+"""``mlflow monitor run | test | status | demo``: the commands that operate monitors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from mlflow_monitor_plugin.cli_options import (
+    configure_logging,
+    experiment_options,
+    handle_errors,
+    log_level_option,
+    output_option,
+)
+from mlflow_monitor_plugin.daemon import DEFAULT_INTERVAL_S
+from mlflow_monitor_plugin.engine import EngineSettings
+from mlflow_monitor_plugin.scoring import ScoringSettings
+
+
+def engine_options(func: Any) -> Any:
+    options = [
+        click.option("--workers", default=8, show_default=True, help="Concurrent judge calls."),
+        click.option("--rate-limit", type=float, help="Judge calls per second, at most."),
+        click.option(
+            "--attempts", default=3, show_default=True, help="Tries per judge call in a pass."
+        ),
+        click.option(
+            "--max-failed-passes",
+            default=5,
+            show_default=True,
+            help="Passes a failing (trace, judge) is retried in before it is left as an error.",
+        ),
+        click.option(
+            "--late-window",
+            default=24 * 3600.0,
+            show_default=True,
+            help="Seconds behind the checkpoint that the sweep for late traces revisits.",
+        ),
+        click.option("--no-export", is_flag=True, help="Score only; do not export traces."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings(
+    workers: int,
+    rate_limit: float | None,
+    attempts: int,
+    max_failed_passes: int,
+    late_window: float,
+    no_export: bool,
+) -> EngineSettings:
+    return EngineSettings(
+        max_failed_passes=max_failed_passes,
+        late_window_s=late_window,
+        export=not no_export,
+        scoring=ScoringSettings(workers=workers, rate_limit=rate_limit, attempts=attempts),
+    )
+
+
+@click.command("run")
+@click.option(
+    "-x",
+    "--experiment-id",
+    "experiment_ids",
+    multiple=True,
+    help="Experiment(s) to monitor. Default: every experiment that has a monitor.",
+)
+@click.option("--once", is_flag=True, help="Process everything pending, then exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_INTERVAL_S,
+    show_default=True,
+    help="Seconds between passes (at least 1).",
+)
+@engine_options
+@log_level_option
+@handle_errors
+def run_command(
+    experiment_ids: tuple[str, ...],
+    once: bool,
+    interval: float,
+    log_level: str,
+    **engine: Any,
+) -> None:
+    """Run the monitoring daemon: score sampled traces, log verdicts, export every trace.
+
+    Runs until SIGTERM or Ctrl-C, which finish the pass in flight and exit 0.
+    With --once, exits 0 when everything pending was processed, 1 when a monitor could not be
+    served. Judges call the OpenAI-compatible endpoint in $OPENAI_API_BASE with $OPENAI_API_KEY.
+
+    \b
+    Examples:
+      mlflow monitor run                       # every monitored experiment
+      mlflow monitor run -x 123 --interval 1   # one experiment, a pass every second
+      mlflow monitor run -x 123 --once         # catch up, then exit
+    """
+    from mlflow_monitor_plugin.daemon import Daemon
+
+    configure_logging(log_level)
+    daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine))
+    if once:
+        report = daemon.run_until_idle()
+        for stats in report.stats:
+            if stats.traces or stats.export_error:
+                click.echo(stats.summary())
+        if not report.ok:
+            problems = [f"experiment {k}: {v}" for k, v in report.errors.items()]
+            problems += [
+                f"experiment {s.experiment_id}: export failed: {s.export_error}"
+                for s in report.stats
+                if s.export_error
+            ]
+            raise click.ClickException("; ".join(problems))
+        click.echo("All pending traces processed.")
+        return
+    daemon.install_signal_handlers()
+    daemon.loop()
+
+
+@click.command("test")
+@experiment_options
+@click.option("--max-traces", default=10, show_default=True, help="How many recent traces.")
+@output_option
+@handle_errors
+def test_command(
+    experiment_id: str | None, experiment_name: str | None, max_traces: int, output: str
+) -> None:
+    """Dry run: the monitor's judges on the latest traces, writing nothing.
+
+    Shows which judges produce results on your real traces before you rely on them.
+
+    \b
+    Example:
+      mlflow monitor test -x 123 --max-traces 10
+    """
+    from mlflow_monitor_plugin import operations
+
+    rows = operations.test_judges(experiment_id, experiment_name, max_traces)
+    _print_rows(rows, output, ["judge", "traces", "results", "not_applicable", "errors", "example"])
+
+
+@click.command("status")
+@experiment_options
+@output_option
+@handle_errors
+def status_command(experiment_id: str | None, experiment_name: str | None, output: str) -> None:
+    """Checkpoint, lag behind the newest trace, and per-judge counts.
+
+    \b
+    Example:
+      mlflow monitor status -x 123 --output json
+    """
+    from mlflow_monitor_plugin import operations
+
+    status = operations.status(experiment_id, experiment_name)
+    if output == "json":
+        click.echo(json.dumps(status, indent=2))
+        return
+    for key in ("experiment_id", "checkpoint", "export_checkpoint", "lag_seconds", "export_uri"):
+        click.echo(f"{key + ':':<19}{status[key]}")
+    _print_rows(
+        status["judges"],
+        "table",
+        ["judge", "eligible", "sampled", "scored", "not_applicable", "failed", "pending"],
+    )
+
+
+@click.command("demo")
+@click.option("--traces", default=24, show_default=True, help="How many demo traces to log.")
+@log_level_option
+@handle_errors
+def demo_command(traces: int, log_level: str) -> None:
+    """Try it end to end: log traces from an example app, monitor them, show the verdicts.
+
+    Uses the tracking URI from $MLFLOW_TRACKING_URI (default: MLflow's local SQLite store) and
+    exports to ./mlflow_monitor_exports. Without a judge endpoint ($OPENAI_API_KEY or
+    $OPENAI_API_BASE) only the deterministic judges run.
+
+    \b
+    Example:
+      mlflow monitor demo
+    """
+    from mlflow_monitor_plugin import operations
+
+    configure_logging(log_level)
+    result = operations.demo(traces, echo=click.echo)
+    _print_rows(result["judges"], "table", ["judge", "yes", "no", "other", "errors"])
+    click.echo(result["epilogue"])
+
+
+def _print_rows(rows: list[dict[str, Any]], output: str, columns: list[str]) -> None:
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console(file=sys.stdout, width=160).print(table)
+
+
+COMMANDS = [run_command, test_command, status_command, demo_command]

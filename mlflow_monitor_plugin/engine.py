@@ -1,0 +1,391 @@
+"""One monitoring pass for one monitor: discover, sample, score, write feedback, export, checkpoint.
+
+The pass walks the experiment's finished traces after its checkpoint, a page at a time. For each
+page it scores the sampled (trace, judge) pairs that have no verdict from this monitor yet, logs
+the verdicts, exports the page, then advances the checkpoint. A crash anywhere repeats at most
+that page, and the page's repeat writes nothing twice (see feedback.py and export.py). Every
+``sweep_every_s`` a sweep revisits the last ``late_window_s`` to pick up traces that finished or
+arrived after the cursor passed them, and to retry judges that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import TraceInfo
+from mlflow.tracking import MlflowClient
+
+from mlflow_monitor_plugin.checkpoint import Checkpoint, sweep_floor_ms
+from mlflow_monitor_plugin.config import ExternalMonitor
+from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
+from mlflow_monitor_plugin.export import ParquetExporter
+from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState, judge_states
+from mlflow_monitor_plugin.judges import JudgeSpec, build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.sampling import is_sampled
+from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
+from mlflow_monitor_plugin.tags import MonitorTags
+
+_logger = logging.getLogger(__name__)
+
+COUNTERS = ("eligible", "sampled", "scored", "not_applicable", "failed", "already_done")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    page_size: int = 200
+    max_failed_passes: int = 5
+    late_window_s: float = 24 * 3600.0
+    sweep_every_s: float = 120.0
+    lease_ttl_s: float = 60.0
+    export: bool = True
+    skip_llm_judges: bool = False
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+
+
+@dataclass
+class PassStats:
+    experiment_id: str
+    traces: int = 0
+    exported: int = 0
+    feedback_logged: int = 0
+    duplicates_removed: int = 0
+    judges: dict[str, Counter[str]] = field(default_factory=dict)
+    export_error: str | None = None
+    skipped: str | None = None
+    seconds: float = 0.0
+
+    def count(self, judge: str, what: str, n: int = 1) -> None:
+        self.judges.setdefault(judge, Counter())[what] += n
+
+    def total(self, what: str) -> int:
+        return sum(c[what] for c in self.judges.values())
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"experiment {self.experiment_id}: skipped ({self.skipped})"
+        parts = [f"experiment {self.experiment_id}: {self.traces} traces"]
+        parts += [f"{self.total(k)} {k.replace('_', ' ')}" for k in ("sampled", "scored", "failed")]
+        parts += [f"{self.exported} exported", f"{self.seconds:.2f}s"]
+        if self.export_error:
+            parts.append(f"export failed: {self.export_error}")
+        return ", ".join(parts)
+
+
+@dataclass
+class Cursor:
+    score: Checkpoint | None
+    export: Checkpoint | None
+
+    def start(self, exporting: bool) -> Checkpoint | None:
+        """Where the pass resumes: the score cursor, or the export cursor when it lags."""
+        if not exporting:
+            return self.score
+        if self.score is None or self.export is None:
+            return None
+        return min(self.score, self.export)
+
+    def advance(self, last: TraceInfo, score: bool, export: bool) -> None:
+        key = Checkpoint(last.timestamp_ms, last.trace_id)
+        if score and (self.score is None or key > self.score):
+            self.score = key
+        if export and (self.export is None or key > self.export):
+            self.export = key
+
+    def to_dict(self, monitor_id: str) -> dict[str, Any]:
+        return {
+            "monitor_id": monitor_id,
+            "score": self.score.to_dict() if self.score else None,
+            "export": self.export.to_dict() if self.export else None,
+        }
+
+
+def _alive(lease: dict[str, Any]) -> bool:
+    """False only when the lease holder is a process of this host that no longer runs (a
+    daemon restarted after a crash takes its lease back at once)."""
+    host, _, rest = str(lease.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
+    return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
+
+
+class MonitorEngine:
+    """Runs passes for one experiment's monitor. Collaborators are handed in; ``create`` wires
+    the real ones."""
+
+    CHECKPOINT_KEY = "checkpoint"
+    LEASE_KEY = "lease"
+
+    def __init__(
+        self,
+        experiment_id: str,
+        tags: MonitorTags,
+        runner: JudgeRunner,
+        source_factory: Callable[[str], Any],
+        settings: EngineSettings | None = None,
+        owner: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.experiment_id = experiment_id
+        self.tags = tags
+        self.runner = runner
+        self.source = source_factory(experiment_id)
+        self.settings = settings or EngineSettings()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._sleep = sleep
+        self._last_sweep_ms: int | None = None
+        self._export_retry_at_ms = 0
+        self._export_failures = 0
+        self._holding_lease = False
+
+    @classmethod
+    def create(
+        cls, experiment_id: str, settings: EngineSettings | None = None, owner: str | None = None
+    ) -> MonitorEngine:
+        from mlflow_monitor_plugin.traces import TraceSource
+
+        settings = settings or EngineSettings()
+        client = MlflowClient()
+        return cls(
+            experiment_id,
+            MonitorTags(client),
+            JudgeRunner(settings.scoring),
+            lambda exp: TraceSource(exp, client),
+            settings,
+            owner,
+        )
+
+    # -- state in tags -------------------------------------------------------------------
+    def read_cursor(self, monitor: ExternalMonitor) -> Cursor:
+        stored = self.tags.read_json(self.experiment_id, self.CHECKPOINT_KEY) or {}
+        if stored.get("monitor_id") != monitor.monitor_id:
+            return Cursor(None, None)  # a new monitor starts from the experiment's first trace
+        where = f"of experiment {self.experiment_id}"
+        return Cursor(
+            Checkpoint.from_dict(stored.get("score"), where),
+            Checkpoint.from_dict(stored.get("export"), where),
+        )
+
+    def _save_cursor(self, monitor: ExternalMonitor, cursor: Cursor) -> None:
+        self.tags.write_json(
+            self.experiment_id, self.CHECKPOINT_KEY, cursor.to_dict(monitor.monitor_id)
+        )
+
+    def acquire_lease(self, now_ms: int) -> bool:
+        """One daemon at a time works a monitor. Write our lease, let a racing writer land,
+        read it back: whoever's lease is there works this pass."""
+        current = self.tags.read_json(self.experiment_id, self.LEASE_KEY) or {}
+        mine = current.get("owner") == self.owner
+        if not mine and int(current.get("expires_ms", 0)) > now_ms and _alive(current):
+            self._holding_lease = False
+            return False
+        lease = {"owner": self.owner, "expires_ms": now_ms + int(self.settings.lease_ttl_s * 1000)}
+        self.tags.write_json(self.experiment_id, self.LEASE_KEY, lease)
+        if not self._holding_lease:
+            self._sleep(0.3)
+            current = self.tags.read_json(self.experiment_id, self.LEASE_KEY) or {}
+        self._holding_lease = current.get("owner") == self.owner or mine
+        return self._holding_lease
+
+    def release_lease(self) -> None:
+        if self._holding_lease:
+            self.tags.write_json(self.experiment_id, self.LEASE_KEY, {"owner": "", "expires_ms": 0})
+            self._holding_lease = False
+
+    # -- the pass ------------------------------------------------------------------------
+    def run_pass(self, now_ms: int | None = None, max_pages: int | None = None) -> PassStats:
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        stats = PassStats(self.experiment_id)
+        monitor = self.tags.read_config(self.experiment_id)
+        if monitor is None:
+            raise MonitorNotFoundError(f"Experiment {self.experiment_id} has no monitor.")
+        if not self.acquire_lease(now_ms):
+            stats.skipped = "another daemon holds its lease"
+            return stats
+        judges = self.judges_for(monitor)
+        writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
+        export = self._export_for(monitor, now_ms)
+        cursor = self.read_cursor(monitor)
+        pages = self.source.infos_after(cursor.start(export is not None), self.settings.page_size)
+        for done, page in enumerate(pages, start=1):
+            self._process(page, monitor, judges, writer, cursor, export, stats)
+            self._save_cursor(monitor, cursor)
+            self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
+            if max_pages is not None and done >= max_pages:
+                break
+        if self._sweep_due(now_ms):
+            self._sweep(monitor, judges, writer, cursor, export, stats, now_ms)
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
+        if monitor.assessments_config.paused:
+            return []
+        judges = build_judges(monitor.assessments_config)
+        if self.settings.skip_llm_judges or not llm_endpoint_configured():
+            judges = [j for j in judges if not j.is_llm]
+        return judges
+
+    def _export_for(self, monitor: ExternalMonitor, now_ms: int) -> ParquetExporter | None:
+        if not self.settings.export:
+            return None
+        if now_ms < self._export_retry_at_ms:
+            return None
+        return ParquetExporter(monitor.export_uri)
+
+    def _process(
+        self,
+        page: list[TraceInfo],
+        monitor: ExternalMonitor,
+        judges: list[JudgeSpec],
+        writer: FeedbackWriter,
+        cursor: Cursor,
+        export: ParquetExporter | None,
+        stats: PassStats,
+    ) -> None:
+        to_score = [i for i in page if _ahead(cursor.score, i)]
+        to_export = [i for i in page if _ahead(cursor.export, i)] if export else []
+        stats.traces += len(to_score)
+        self._score(to_score, monitor, judges, writer, stats)
+        exported = export is not None
+        if to_export and export is not None:
+            batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{page[0].trace_id}"
+            exported = self._export(export, batch_key, [i.trace_id for i in to_export], stats)
+        cursor.advance(page[-1], score=True, export=exported)
+
+    def _score(
+        self,
+        infos: list[TraceInfo],
+        monitor: ExternalMonitor,
+        judges: list[JudgeSpec],
+        writer: FeedbackWriter,
+        stats: PassStats,
+        seen: Callable[[TraceInfo, dict[str, JudgeState]], bool] | None = None,
+    ) -> None:
+        """Score the sampled judges that have no verdict yet on these traces. On a trace the
+        monitor has ``seen`` before, only judges that failed or were cut short are due."""
+        due: dict[str, list[tuple[JudgeSpec, JudgeState | None]]] = {}
+        for info in infos:
+            states = judge_states(info, monitor.monitor_id)
+            retry_only = seen is not None and seen(info, states)
+            for judge in judges:
+                stats.count(judge.name, "eligible")
+                if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
+                    continue
+                stats.count(judge.name, "sampled")
+                state = states.get(judge.name)
+                if state and state.done:
+                    stats.count(judge.name, "already_done")
+                elif state and state.failed_passes >= self.settings.max_failed_passes:
+                    stats.count(judge.name, "failed")
+                elif retry_only and not (state and (state.errors or state.partial)):
+                    continue  # not applicable when first seen: nothing to redo
+                else:
+                    due.setdefault(info.trace_id, []).append((judge, state))
+        if not due:
+            return
+        traces = {t.info.trace_id: t for t in self.source.fetch(list(due))}
+        tasks, states_by_task = [], {}
+        for trace_id, pairs in due.items():
+            trace = traces.get(trace_id)
+            for judge, state in pairs:
+                if trace is None or not judge.applies_to(trace):
+                    stats.count(judge.name, "not_applicable")
+                    continue
+                tasks.append((trace, judge))
+                states_by_task[(trace_id, judge.name)] = state
+
+        def write(verdict: Verdict) -> int:
+            state = states_by_task[(verdict.trace_id, verdict.judge.name)]
+            return writer.write(traces[verdict.trace_id], verdict, state)
+
+        for verdict, logged in self.runner.run(tasks, then=write):
+            stats.feedback_logged += logged
+            stats.count(verdict.judge.name, "scored" if verdict.ok else "failed")
+            if not verdict.ok:
+                _logger.warning(
+                    "Judge %s failed on trace %s after %d attempts: %s",
+                    verdict.judge.name, verdict.trace_id, verdict.attempts, verdict.error,
+                )  # fmt: skip
+
+    def _export(
+        self,
+        export: ParquetExporter,
+        batch_key: str,
+        trace_ids: list[str],
+        stats: PassStats,
+    ) -> bool:
+        try:
+            # Fetched after scoring, so the verdicts of this pass are in the copy.
+            traces = self.source.fetch(trace_ids)
+            export.write_batch(batch_key, traces, int(time.time() * 1000))
+        except ExportError as e:
+            self._export_failures += 1
+            delay_s = min(600, 5 * 2 ** min(self._export_failures, 7))
+            self._export_retry_at_ms = int(time.time() * 1000) + delay_s * 1000
+            stats.export_error = str(e)
+            _logger.error("Export of experiment %s failed: %s", self.experiment_id, e)
+            return False
+        self._export_failures = 0
+        stats.exported += len(traces)
+        return True
+
+    def _sweep_due(self, now_ms: int) -> bool:
+        last = self._last_sweep_ms
+        return last is None or now_ms - last >= self.settings.sweep_every_s * 1000
+
+    def _sweep(
+        self,
+        monitor: ExternalMonitor,
+        judges: list[JudgeSpec],
+        writer: FeedbackWriter,
+        cursor: Cursor,
+        export: ParquetExporter | None,
+        stats: PassStats,
+        now_ms: int,
+    ) -> None:
+        """Revisit the late window behind the cursor: late traces, failed judges, duplicates."""
+        self._last_sweep_ms = now_ms
+        if cursor.score is None:
+            return
+        floor = Checkpoint(sweep_floor_ms(now_ms, int(self.settings.late_window_s * 1000)), "")
+        until = cursor.score.timestamp_ms + 1
+        exported = export.exported_ids(floor.timestamp_ms, until) if export else set()
+        sweep = PassStats(self.experiment_id)
+
+        def seen(info: TraceInfo, states: dict[str, JudgeState]) -> bool:
+            return bool(states) or info.trace_id in exported
+
+        for page in self.source.infos_after(floor, self.settings.page_size, until_ms=until):
+            page = [i for i in page if not _ahead(cursor.score, i)]
+            if not page:
+                continue
+            for info in page:
+                stats.duplicates_removed += writer.reconcile(info)
+            self._score(page, monitor, judges, writer, sweep, seen)
+            late = [i.trace_id for i in page if i.trace_id not in exported]
+            if export and late and not _ahead(cursor.export, page[-1]):
+                self._export(export, f"late-{uuid.uuid4().hex}", late, stats)
+        stats.feedback_logged += sweep.feedback_logged
+        for judge, counts in sweep.judges.items():
+            for what in ("scored", "failed"):
+                stats.count(judge, what, counts[what])

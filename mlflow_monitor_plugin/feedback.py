@@ -1,0 +1,164 @@
+"""Write verdicts with ``mlflow.log_feedback``, exactly once per (trace, judge).
+
+Every feedback we log carries metadata naming the monitor, the judge, the config version and a
+verdict id shared by the feedbacks of one verdict (a retrieval judge logs several), with their
+count. Reading a trace's assessments back therefore tells, for each judge, whether a complete
+verdict is there, only part of one (a crash mid-write), or an error from an earlier pass. That is
+what makes a rerun after a crash write nothing twice; ``reconcile`` removes the duplicates two
+daemons racing on the same trace can leave, keeping the same verdict whichever daemon looks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from mlflow.entities import AssessmentError, AssessmentSource, Trace, TraceInfo
+
+from mlflow_monitor_plugin.redact import redact
+from mlflow_monitor_plugin.scoring import Verdict
+
+_logger = logging.getLogger(__name__)
+
+MONITOR_KEY = "mlflow_monitor.monitor_id"
+JUDGE_KEY = "mlflow_monitor.judge"
+VERDICT_KEY = "mlflow_monitor.verdict_id"
+PARTS_KEY = "mlflow_monitor.parts"
+CONFIG_VERSION_KEY = "mlflow_monitor.config_version"
+FAILED_PASSES_KEY = "mlflow_monitor.failed_passes"
+
+
+@dataclass
+class JudgeState:
+    """What a monitor has already written on one trace for one judge."""
+
+    complete: list[list[Any]] = field(default_factory=list)  # whole verdicts, each a group
+    partial: list[list[Any]] = field(default_factory=list)
+    errors: list[Any] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.complete)
+
+    @property
+    def failed_passes(self) -> int:
+        return max((int(a.metadata.get(FAILED_PASSES_KEY, 1)) for a in self.errors), default=0)
+
+
+def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
+    """Group this monitor's assessments on a trace by judge and verdict."""
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    states: dict[str, JudgeState] = defaultdict(JudgeState)
+    for assessment in info.assessments or []:
+        meta = assessment.metadata or {}
+        if meta.get(MONITOR_KEY) != monitor_id or JUDGE_KEY not in meta:
+            continue
+        if getattr(assessment, "error", None) is not None:
+            states[meta[JUDGE_KEY]].errors.append(assessment)
+        else:
+            groups[(meta[JUDGE_KEY], meta.get(VERDICT_KEY, ""))].append(assessment)
+    for (judge, _), group in sorted(groups.items()):
+        expected = int(group[0].metadata.get(PARTS_KEY, 1))
+        state = states[judge]
+        (state.complete if len(group) >= expected else state.partial).append(group)
+    return dict(states)
+
+
+def _root_span_id(trace: Trace) -> str | None:
+    root = trace.data._get_root_span() if trace.data.spans else None
+    return root.span_id if root else None
+
+
+class FeedbackWriter:
+    """Logs a monitor's verdicts on traces, and cleans up what a crash or a race left."""
+
+    def __init__(
+        self,
+        monitor_id: str,
+        config_version: int,
+        log_feedback: Callable[..., Any] = mlflow.log_feedback,
+        delete_assessment: Callable[..., Any] = mlflow.delete_assessment,
+    ):
+        self.monitor_id = monitor_id
+        self.config_version = config_version
+        self._log = log_feedback
+        self._delete = delete_assessment
+
+    def _metadata(self, judge: str, verdict_id: str, parts: int) -> dict[str, str]:
+        return {
+            MONITOR_KEY: self.monitor_id,
+            JUDGE_KEY: judge,
+            VERDICT_KEY: verdict_id,
+            PARTS_KEY: str(parts),
+            CONFIG_VERSION_KEY: str(self.config_version),
+        }
+
+    def write(self, trace: Trace, verdict: Verdict, state: JudgeState | None) -> int:
+        """Log a verdict (or its error), remove what it supersedes; return the feedbacks logged."""
+        state = state or JudgeState()
+        trace_id = trace.info.trace_id
+        verdict_id = uuid.uuid4().hex
+        judge = verdict.judge
+        if verdict.ok:
+            for feedback in verdict.feedbacks:
+                self._log(
+                    trace_id=trace_id,
+                    name=feedback.name,
+                    value=feedback.value,
+                    rationale=redact(feedback.rationale) if feedback.rationale else None,
+                    source=feedback.source or self._source(judge),
+                    metadata={
+                        **{k: str(v) for k, v in (feedback.metadata or {}).items()},
+                        **self._metadata(judge.name, verdict_id, len(verdict.feedbacks)),
+                    },
+                    span_id=feedback.span_id or _root_span_id(trace),
+                )
+            stale = state.errors + [a for group in state.partial for a in group]
+        else:
+            metadata = self._metadata(judge.name, verdict_id, 1)
+            metadata[FAILED_PASSES_KEY] = str(state.failed_passes + 1)
+            self._log(
+                trace_id=trace_id,
+                name=judge.name,
+                source=self._source(judge),
+                error=AssessmentError(
+                    error_code=verdict.error_code or "JUDGE_ERROR",
+                    error_message=verdict.error or "unknown error",
+                ),
+                metadata=metadata,
+                span_id=_root_span_id(trace),
+            )
+            stale = state.errors
+        for assessment in stale:
+            self._delete_quietly(trace_id, assessment.assessment_id)
+        return len(verdict.feedbacks) if verdict.ok else 1
+
+    def reconcile(self, info: TraceInfo) -> int:
+        """Keep one complete verdict per judge (the lowest verdict id); delete the others and
+        any error or partial verdict beside it. Returns the assessments deleted."""
+        deleted = 0
+        for state in judge_states(info, self.monitor_id).values():
+            if not state.complete:
+                continue
+            keep = min(state.complete, key=lambda g: g[0].metadata.get(VERDICT_KEY, ""))
+            extra = [g for g in state.complete + state.partial if g is not keep]
+            for assessment in [a for g in extra for a in g] + state.errors:
+                self._delete_quietly(info.trace_id, assessment.assessment_id)
+                deleted += 1
+        return deleted
+
+    def _source(self, judge: Any) -> AssessmentSource:
+        if judge.is_llm:
+            return AssessmentSource(source_type="LLM_JUDGE", source_id=judge.model or "default")
+        return AssessmentSource(source_type="CODE", source_id=f"mlflow_monitor/{judge.name}")
+
+    def _delete_quietly(self, trace_id: str, assessment_id: str) -> None:
+        try:
+            self._delete(trace_id=trace_id, assessment_id=assessment_id)
+        except Exception as e:  # already deleted by another daemon
+            _logger.debug("Could not delete assessment %s: %s", assessment_id, e)

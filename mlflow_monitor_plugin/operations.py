@@ -1,0 +1,195 @@
+"""What ``mlflow monitor test | status | demo`` do, as library functions that return data."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import mlflow
+
+from mlflow_monitor_plugin import api
+from mlflow_monitor_plugin.checkpoint import lag_ms
+from mlflow_monitor_plugin.engine import MonitorEngine
+from mlflow_monitor_plugin.feedback import judge_states
+from mlflow_monitor_plugin.judges import build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.sampling import is_sampled
+from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings
+from mlflow_monitor_plugin.traces import TraceSource
+
+DEMO_EXPERIMENT = "mlflow-monitor-demo"
+
+
+def test_judges(
+    experiment_id: str | None, experiment_name: str | None, max_traces: int
+) -> list[dict[str, Any]]:
+    """Run every configured judge on the latest traces; write nothing; one row per judge."""
+    monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    traces = TraceSource(monitor.experiment_id).latest(max_traces)
+    runner = JudgeRunner(ScoringSettings(attempts=1))
+    judges = build_judges(monitor.assessments_config)
+    rows = {j.name: Counter(traces=len(traces)) for j in judges}
+    examples: dict[str, str] = {}
+    tasks = []
+    for trace in traces:
+        for judge in judges:
+            if judge.applies_to(trace):
+                tasks.append((trace, judge))
+            else:
+                rows[judge.name]["not_applicable"] += 1
+    for verdict, _ in runner.run(tasks):
+        name = verdict.judge.name
+        if verdict.ok:
+            rows[name]["results"] += 1
+            first = verdict.feedbacks[0] if verdict.feedbacks else None
+            examples.setdefault(
+                name, f"{first.value!s}: {first.rationale or ''}"[:60] if first else ""
+            )
+        else:
+            rows[name]["errors"] += 1
+            examples.setdefault(name, (verdict.error or "")[:60])
+    return [
+        {"judge": name, **{k: c[k] for k in ("traces", "results", "not_applicable", "errors")},
+         "example": examples.get(name, "")}
+        for name, c in rows.items()
+    ]  # fmt: skip
+
+
+def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, Any]:
+    """The checkpoint, the lag behind the newest trace, and per-judge counts over all traces."""
+    monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    engine = MonitorEngine.create(monitor.experiment_id)
+    cursor = engine.read_cursor(monitor)
+    source = engine.source
+    judges = build_judges(monitor.assessments_config)
+    counts = {j.name: Counter() for j in judges}
+    for page in source.infos_after(None, 500):
+        for info in page:
+            states = judge_states(info, monitor.monitor_id)
+            behind = cursor.score is not None and not cursor.score.is_before(
+                info.timestamp_ms, info.trace_id
+            )
+            for judge in judges:
+                c = counts[judge.name]
+                c["eligible"] += 1
+                if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
+                    continue
+                c["sampled"] += 1
+                state = states.get(judge.name)
+                if state and state.done:
+                    c["scored"] += 1
+                elif state and state.errors:
+                    c["failed"] += 1
+                elif behind:
+                    c["not_applicable"] += 1
+                else:
+                    c["pending"] += 1
+    newest = source.newest_timestamp_ms()
+    lag = lag_ms(cursor.score, newest)
+    return {
+        "experiment_id": monitor.experiment_id,
+        "checkpoint": cursor.score.to_dict() if cursor.score else None,
+        "export_checkpoint": cursor.export.to_dict() if cursor.export else None,
+        "lag_seconds": None if lag is None else round(lag / 1000, 3),
+        "export_uri": monitor.export_uri,
+        "judges": [
+            {"judge": name, **{k: c[k] for k in
+             ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")}}
+            for name, c in counts.items()
+        ],
+    }  # fmt: skip
+
+
+def load_example_app() -> ModuleType:
+    """The example app shipped in the package (from examples/ in a source checkout)."""
+    try:
+        return importlib.import_module("mlflow_monitor_plugin._examples.rag_app")
+    except ImportError:
+        path = Path(__file__).resolve().parent.parent / "examples" / "rag_app.py"
+        spec = importlib.util.spec_from_file_location("mlflow_monitor_rag_app", path)
+        if spec is None or spec.loader is None:
+            raise
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
+def demo(traces: int, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Log traces from the example app, monitor them, and summarise the verdicts."""
+    from mlflow_monitor_plugin.daemon import Daemon
+
+    app = load_example_app()
+    experiment_id = mlflow.set_experiment(DEMO_EXPERIMENT).experiment_id
+    echo(f"Tracking URI {mlflow.get_tracking_uri()}; experiment {experiment_id}")
+    questions = (app.QUESTIONS * (traces // len(app.QUESTIONS) + 1))[:traces]
+    app.run(questions)
+    echo(f"Logged {len(questions)} traces from the example app.")
+    suite = {
+        "sample": 1.0,
+        "assessments": [
+            {"name": "safety"},
+            {"name": "relevance_to_query"},
+            {"name": "groundedness"},
+            {"name": "chunk_relevance"},
+            {"guidelines": {"mlflow_only": [
+                "If the request is unrelated to MLflow, the response must refuse to answer."]}},
+            {"name": "pii_detection"},
+            {"name": "response_length", "args": {"max_length": 200}},
+        ],
+    }  # fmt: skip
+    try:
+        monitor = api.get_external_monitor(experiment_id=experiment_id)
+        monitor = api.update_external_monitor(experiment_id=experiment_id, assessments_config=suite)
+    except api.MonitorNotFoundError:
+        monitor = api.create_external_monitor(
+            catalog_name="workspace", schema_name="default",
+            assessments_config=suite, experiment_id=experiment_id,
+        )  # fmt: skip
+    llm = llm_endpoint_configured()
+    skipped = [j.name for j in build_judges(monitor.assessments_config) if j.is_llm and not llm]
+    started = time.monotonic()
+    report = Daemon([experiment_id]).run_until_idle()
+    echo(f"Monitored in {time.monotonic() - started:.1f}s.")
+    if report.errors:
+        raise api.MonitorError("; ".join(report.errors.values()))
+    return {
+        "judges": _verdict_table(experiment_id, monitor.monitor_id),
+        "epilogue": _epilogue(monitor.export_uri, skipped, report),
+    }
+
+
+def _verdict_table(experiment_id: str, monitor_id: str) -> list[dict[str, Any]]:
+    counts: dict[str, Counter[str]] = {}
+    for page in TraceSource(experiment_id).infos_after(None, 500):
+        for info in page:
+            for judge, state in judge_states(info, monitor_id).items():
+                c = counts.setdefault(judge, Counter())
+                for group in state.complete[:1]:
+                    for a in group:
+                        if "/" in a.name:
+                            continue
+                        value = str(getattr(a, "value", "")).lower()
+                        c[value if value in ("yes", "no") else "other"] += 1
+                c["errors"] += bool(state.errors and not state.done)
+    return [{"judge": k, **{f: c[f] for f in ("yes", "no", "other", "errors")}}
+            for k, c in sorted(counts.items())]  # fmt: skip
+
+
+def _epilogue(export_uri: str, skipped: list[str], report: Any) -> str:
+    exported = sum(s.exported for s in report.stats)
+    lines = [f"Exported {exported} traces to {export_uri} (Parquet, partitioned by date)."]
+    if skipped:
+        lines.append(
+            f"Skipped the LLM judges {', '.join(skipped)}: no judge endpoint is configured. "
+            "Set OPENAI_API_KEY (and OPENAI_API_BASE for an OpenAI-compatible server) to run them."
+        )
+    lines.append(
+        f"See the verdicts on each trace: run `mlflow ui --backend-store-uri "
+        f"{mlflow.get_tracking_uri()}` and open the experiment's Traces tab."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Run judges on traces concurrently, under a rate limit, with retries and jittered backoff.
+
+MLflow's judge client already retries 429/5xx/timeouts inside one call; this layer retries the
+calls that still fail (and replies it cannot parse) a few times more, and turns what remains into
+a ``Verdict`` with an error, which the engine logs and retries on a later pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Feedback, Trace
+
+from mlflow_monitor_plugin.judges import JudgeSpec
+from mlflow_monitor_plugin.redact import redact
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Verdict:
+    """What one judge said about one trace: feedbacks, or the error that remained."""
+
+    trace_id: str
+    judge: JudgeSpec
+    feedbacks: list[Feedback] = field(default_factory=list)
+    error: str | None = None
+    error_code: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    workers: int = 8
+    rate_limit: float | None = None  # judge calls per second, all workers together
+    attempts: int = 3
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+class RateLimiter:
+    """A token bucket shared by the worker threads: at most ``rate`` calls a second."""
+
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next = clock()
+
+    def wait(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + 1.0 / self.rate
+        if start > now:
+            sleep(start - now)
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max, base * 2**attempt)]."""
+    return rng.uniform(0, min(max_s, base_s * (2**attempt)))
+
+
+def _as_feedbacks(value: Any, name: str) -> list[Feedback]:
+    items = value if isinstance(value, list) else [value]
+    feedbacks = []
+    for item in items:
+        if isinstance(item, Feedback):
+            feedbacks.append(item)
+        else:  # a scorer returning a bare value
+            feedbacks.append(Feedback(name=name, value=item))
+    return feedbacks
+
+
+def _error_code(exc: BaseException) -> str:
+    code = getattr(exc, "error_code", None)
+    return str(code) if code else type(exc).__name__
+
+
+class JudgeRunner:
+    """Runs (trace, judge) tasks on a thread pool; yields verdicts as they complete."""
+
+    def __init__(
+        self,
+        settings: ScoringSettings | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ):
+        self.settings = settings or ScoringSettings()
+        self._limiter = RateLimiter(self.settings.rate_limit)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._scorers: dict[JudgeSpec, Any] = {}
+        self._lock = threading.Lock()
+
+    def _scorer(self, judge: JudgeSpec) -> Any:
+        with self._lock:
+            if judge not in self._scorers:
+                self._scorers[judge] = judge.make()
+            return self._scorers[judge]
+
+    def score_one(self, trace: Trace, judge: JudgeSpec) -> Verdict:
+        started = time.monotonic()
+        verdict = Verdict(trace.info.trace_id, judge)
+        for attempt in range(self.settings.attempts):
+            verdict.attempts = attempt + 1
+            if judge.is_llm:
+                self._limiter.wait(self._sleep)
+            try:
+                value = self._scorer(judge)(trace=trace)
+                verdict.feedbacks = _as_feedbacks(value, judge.name)
+                verdict.error = verdict.error_code = None
+                break
+            except Exception as e:
+                verdict.error = redact(f"{type(e).__name__}: {e}")[:2000]
+                verdict.error_code = _error_code(e)
+                _logger.debug(
+                    "Judge %s on trace %s failed (attempt %d): %s",
+                    judge.name, verdict.trace_id, attempt + 1, verdict.error,
+                )  # fmt: skip
+                if attempt + 1 < self.settings.attempts:
+                    s = self.settings
+                    self._sleep(backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng))
+        verdict.seconds = time.monotonic() - started
+        return verdict
+
+    def run(
+        self,
+        tasks: Iterable[tuple[Trace, JudgeSpec]],
+        then: Callable[[Verdict], Any] | None = None,
+    ) -> Iterator[tuple[Verdict, Any]]:
+        """Score each task; ``then(verdict)`` runs in the same worker thread (writes are
+        round trips too, and a remote tracking server answers concurrent requests faster)."""
+        tasks = list(tasks)
+        if not tasks:
+            return
+
+        def work(trace: Trace, judge: JudgeSpec) -> tuple[Verdict, Any]:
+            verdict = self.score_one(trace, judge)
+            return verdict, then(verdict) if then else None
+
+        workers = max(1, min(self.settings.workers, len(tasks)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="mlflow-monitor-judge") as pool:
+            futures = [pool.submit(work, trace, judge) for trace, judge in tasks]
+            for future in as_completed(futures):
+                yield future.result()

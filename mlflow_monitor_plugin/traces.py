@@ -1,0 +1,121 @@
+"""Paged discovery of finished traces, and fetch of full traces, through ``MlflowClient``.
+
+Pages are keyset-paged on (request time, trace id), so traces arriving while we page neither
+shift nor repeat a page, and memory stays flat however many traces are pending. Traces logged by
+evaluation runs (``mlflow.genai.evaluate``) carry a source run and are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from mlflow.entities import Trace, TraceInfo
+from mlflow.tracing.constant import TraceMetadataKey
+from mlflow.tracking import MlflowClient
+
+from mlflow_monitor_plugin.checkpoint import Checkpoint
+
+_logger = logging.getLogger(__name__)
+
+FINISHED = "trace.status IN ('OK', 'ERROR')"
+NOT_EVALUATION = f"metadata.`{TraceMetadataKey.SOURCE_RUN}` IS NULL"
+ORDER = ["timestamp_ms ASC", "request_id ASC"]
+FETCH_BATCH = 100
+
+
+class TraceSource:
+    """The finished, non-evaluation traces of one experiment."""
+
+    def __init__(self, experiment_id: str, client: MlflowClient | None = None):
+        self.experiment_id = experiment_id
+        self.client = client or MlflowClient()
+
+    def infos_after(
+        self,
+        checkpoint: Checkpoint | None,
+        page_size: int = 200,
+        until_ms: int | None = None,
+    ) -> Iterator[list[TraceInfo]]:
+        """Pages of trace infos strictly after ``checkpoint`` (and started before ``until_ms``)."""
+        cursor = checkpoint or Checkpoint(0, "")
+        while True:
+            page = self._page_from(cursor, page_size, until_ms)
+            if not page:
+                return
+            yield page
+            last = page[-1]
+            cursor = Checkpoint(last.timestamp_ms, last.trace_id)
+            if len(page) < page_size:
+                return
+
+    def _page_from(
+        self, cursor: Checkpoint, page_size: int, until_ms: int | None
+    ) -> list[TraceInfo]:
+        conditions = [FINISHED, NOT_EVALUATION, f"trace.timestamp_ms >= {cursor.timestamp_ms}"]
+        if until_ms is not None:
+            conditions.append(f"trace.timestamp_ms < {until_ms}")
+        token = None
+        while True:  # more than a page may share the cursor's millisecond: page past them
+            result = self.client.search_traces(
+                experiment_ids=[self.experiment_id],
+                filter_string=" AND ".join(conditions),
+                max_results=page_size,
+                order_by=ORDER,
+                page_token=token,
+                include_spans=False,
+            )
+            infos = [
+                t.info for t in result if cursor.is_before(t.info.timestamp_ms, t.info.trace_id)
+            ]
+            if infos or not result.token or len(result) < page_size:
+                return infos
+            token = result.token
+
+    def newest_timestamp_ms(self) -> int | None:
+        result = self.client.search_traces(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"{FINISHED} AND {NOT_EVALUATION}",
+            max_results=1,
+            order_by=["timestamp_ms DESC"],
+            include_spans=False,
+        )
+        return result[0].info.timestamp_ms if result else None
+
+    def latest(self, count: int) -> list[Trace]:
+        """The newest ``count`` finished traces, spans included."""
+        result = self.client.search_traces(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"{FINISHED} AND {NOT_EVALUATION}",
+            max_results=count,
+            order_by=["timestamp_ms DESC"],
+        )
+        return list(result)
+
+    def fetch(self, trace_ids: list[str]) -> list[Trace]:
+        """Full traces (spans and assessments), in the order asked; missing ones are left out."""
+        found: dict[str, Trace] = {}
+        for start in range(0, len(trace_ids), FETCH_BATCH):
+            batch = trace_ids[start : start + FETCH_BATCH]
+            try:
+                traces = self._tracing_client().batch_get_traces(batch)
+            except Exception as e:  # not every store/server version offers it
+                _logger.debug("batch_get_traces unavailable (%s); fetching one by one", e)
+                traces = None
+            if traces is None:
+                traces = [t for t in (self._get(i) for i in batch) if t is not None]
+            found.update((t.info.trace_id, t) for t in traces)
+        return [found[i] for i in trace_ids if i in found]
+
+    def _tracing_client(self) -> Any:
+        from mlflow.tracing.client import TracingClient
+
+        return TracingClient(self.client.tracking_uri)
+
+    def _get(self, trace_id: str) -> Trace | None:
+        try:
+            return self.client.get_trace(trace_id)
+        except Exception as e:
+            _logger.warning("Trace %s could not be fetched: %s", trace_id, e)
+            return None
