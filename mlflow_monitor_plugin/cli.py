@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from mlflow_monitor_plugin import api, cli_run
+from mlflow_monitor_plugin import api, cli_export, cli_run
 from mlflow_monitor_plugin.cli_options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import AssessmentsSuiteConfig, ExternalMonitor
 
@@ -281,7 +281,7 @@ def list_command(output: str) -> None:
     Console(width=200).print(table)
 
 
-for command in cli_run.COMMANDS:
+for command in cli_run.COMMANDS + cli_export.COMMANDS:
     monitor.add_command(command)
 
 

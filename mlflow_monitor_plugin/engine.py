@@ -10,6 +10,7 @@ arrived after the cursor passed them, and to retry judges that failed.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -45,6 +46,7 @@ class EngineSettings:
     late_window_s: float = 24 * 3600.0
     sweep_every_s: float = 120.0
     lease_ttl_s: float = 60.0
+    resync_every_s: float = 3600.0  # re-export yesterday and today, for later feedback; 0: off
     export: bool = True
     skip_llm_judges: bool = False
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
@@ -152,6 +154,7 @@ class MonitorEngine:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sleep = sleep
         self._last_sweep_ms: int | None = None
+        self._last_resync_ms: int | None = None
         self._export_retry_at_ms = 0
         self._export_failures = 0
         self._holding_lease = False
@@ -234,6 +237,8 @@ class MonitorEngine:
                 break
         if self._sweep_due(now_ms):
             self._sweep(monitor, judges, writer, cursor, export, stats, now_ms)
+        if export is not None and cursor.export is not None and self._resync_due(now_ms):
+            self._resync(export, cursor.export, now_ms, stats)
         stats.seconds = time.monotonic() - started
         return stats
 
@@ -348,6 +353,29 @@ class MonitorEngine:
         self._export_failures = 0
         stats.exported += len(traces)
         return True
+
+    def _resync_due(self, now_ms: int) -> bool:
+        every_ms = self.settings.resync_every_s * 1000
+        if not every_ms:
+            return False
+        if self._last_resync_ms is None:
+            self._last_resync_ms = now_ms  # the first re-sync comes one period after start
+        return now_ms - self._last_resync_ms >= every_ms
+
+    def _resync(
+        self, export: ParquetExporter, upto: Checkpoint, now_ms: int, stats: PassStats
+    ) -> None:
+        from mlflow_monitor_plugin.resync import resync
+
+        self._last_resync_ms = now_ms
+        today = dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc).date()
+        try:
+            rows = resync(self.source, export, today - dt.timedelta(days=1), today, upto)
+        except ExportError as e:
+            stats.export_error = str(e)
+            _logger.error("Re-sync of experiment %s failed: %s", self.experiment_id, e)
+            return
+        _logger.info("Re-synced %d traces of experiment %s", rows, self.experiment_id)
 
     def _sweep_due(self, now_ms: int) -> bool:
         last = self._last_sweep_ms

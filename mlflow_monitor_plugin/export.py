@@ -252,6 +252,8 @@ class ParquetExporter:
         if date_to < date_from:
             raise MonitorConfigError("date_to", date_to, f"must not be before {date_from}")
         name = f"part-resync-{uuid.uuid4().hex[:16]}.parquet"
+        # Only files present now are replaced: a batch a daemon writes meanwhile stays.
+        before = self._files_in(date_from, date_to)
         files: dict[str, _AtomicParquetFile] = {}
         buffers: dict[str, list[dict[str, Any]]] = {}
         seen: set[str] = set()
@@ -290,7 +292,7 @@ class ParquetExporter:
             with contextlib.suppress(ExportError):
                 self._delete(committed)  # roll back: the old files are still in place
             raise
-        self._drop_old_files(date_from, date_to, keep_name=name)
+        self._delete(before)
         logger.info(
             "Re-synced partitions %s..%s under %s: %s row(s) written, %s trace(s) skipped",
             date_from,
@@ -301,11 +303,13 @@ class ParquetExporter:
         )
         return written
 
-    def _drop_old_files(self, date_from: dt.date, date_to: dt.date, keep_name: str) -> None:
-        for date, directory in self._partitions().items():
-            if _in_range(date, date_from, date_to):
-                files = self._data_files(directory)
-                self._delete(p for p in files if p.rsplit("/", 1)[-1] != keep_name)
+    def _files_in(self, date_from: dt.date, date_to: dt.date) -> list[str]:
+        return [
+            path
+            for date, directory in self._partitions().items()
+            if _in_range(date, date_from, date_to)
+            for path in self._data_files(directory)
+        ]
 
     def exported_ids(self, from_ms: int, until_ms: int) -> set[str]:
         """The trace ids already exported in the partitions of request times [from_ms, until_ms)."""

@@ -128,6 +128,7 @@ def demo(traces: int, echo: Callable[[str], None]) -> dict[str, Any]:
     echo(f"Tracking URI {mlflow.get_tracking_uri()}; experiment {experiment_id}")
     questions = (app.QUESTIONS * (traces // len(app.QUESTIONS) + 1))[:traces]
     app.run(questions)
+    mlflow.flush_trace_async_logging()  # MLflow logs traces in the background by default
     echo(f"Logged {len(questions)} traces from the example app.")
     suite = {
         "sample": 1.0,

@@ -59,7 +59,7 @@ class TraceSource:
         token = None
         while True:  # more than a page may share the cursor's millisecond: page past them
             result = self.client.search_traces(
-                experiment_ids=[self.experiment_id],
+                locations=[self.experiment_id],
                 filter_string=" AND ".join(conditions),
                 max_results=page_size,
                 order_by=ORDER,
@@ -75,7 +75,7 @@ class TraceSource:
 
     def newest_timestamp_ms(self) -> int | None:
         result = self.client.search_traces(
-            experiment_ids=[self.experiment_id],
+            locations=[self.experiment_id],
             filter_string=f"{FINISHED} AND {NOT_EVALUATION}",
             max_results=1,
             order_by=["timestamp_ms DESC"],
@@ -86,7 +86,7 @@ class TraceSource:
     def latest(self, count: int) -> list[Trace]:
         """The newest ``count`` finished traces, spans included."""
         result = self.client.search_traces(
-            experiment_ids=[self.experiment_id],
+            locations=[self.experiment_id],
             filter_string=f"{FINISHED} AND {NOT_EVALUATION}",
             max_results=count,
             order_by=["timestamp_ms DESC"],
