@@ -58,7 +58,7 @@ def _settings(
         max_failed_passes=max_failed_passes,
         late_window_s=late_window,
         export=not no_export,
-        scoring=ScoringSettings(workers=workers, rate_limit=rate_limit, attempts=attempts),
+        scoring=ScoringSettings(workers=workers, attempts=attempts),
     )
 
 
@@ -101,9 +101,15 @@ def run_command(
       mlflow monitor run -x 123 --once         # catch up, then exit
     """
     from mlflow_monitor_plugin.daemon import Daemon
+    from mlflow_monitor_plugin.judge_proxy import ProxySettings, judge_proxy
 
     configure_logging(log_level)
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine))
+    with judge_proxy(ProxySettings(rate_limit=engine["rate_limit"])):
+        _run(daemon, once)
+
+
+def _run(daemon: Any, once: bool) -> None:
     if once:
         report = daemon.run_until_idle()
         for stats in report.stats:

@@ -17,6 +17,7 @@ from mlflow_monitor_plugin import api
 from mlflow_monitor_plugin.checkpoint import lag_ms
 from mlflow_monitor_plugin.engine import MonitorEngine
 from mlflow_monitor_plugin.feedback import judge_states
+from mlflow_monitor_plugin.judge_proxy import judge_proxy
 from mlflow_monitor_plugin.judges import build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.sampling import is_sampled
 from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings
@@ -154,7 +155,8 @@ def demo(traces: int, echo: Callable[[str], None]) -> dict[str, Any]:
     llm = llm_endpoint_configured()
     skipped = [j.name for j in build_judges(monitor.assessments_config) if j.is_llm and not llm]
     started = time.monotonic()
-    report = Daemon([experiment_id]).run_until_idle()
+    with judge_proxy():
+        report = Daemon([experiment_id]).run_until_idle()
     echo(f"Monitored in {time.monotonic() - started:.1f}s.")
     if report.errors:
         raise api.MonitorError("; ".join(report.errors.values()))

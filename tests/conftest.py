@@ -25,6 +25,7 @@ os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///:memory:")  # never the user's store
 # MLflow fetches a model price catalog from the internet before a judge's first call; not here.
 os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # the tests reach no host but loopback
 
 
 def _reset_active_experiment() -> None:

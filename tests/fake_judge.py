@@ -44,6 +44,7 @@ class FakeJudge:
         self.behaviour = behaviour or JudgeBehaviour()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.times: list[float] = []  # time.monotonic() of each request's arrival
         self.served: dict[str, int] = {}
         self._lock = threading.Lock()
         self._random = random.Random(self.behaviour.seed)
@@ -82,6 +83,7 @@ class FakeJudge:
             self.served[outcome] = self.served.get(outcome, 0) + 1
             self.requests.append(body)
             self.headers.append(headers)
+            self.times.append(time.monotonic())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         judge = self

@@ -1,0 +1,197 @@
+"""A loopback forwarder between MLflow's judge client and the OpenAI-compatible judge endpoint.
+
+MLflow's judge client retries 429/5xx/timeouts itself, on a fixed schedule that ignores
+Retry-After. The daemon routes judge calls through this proxy (it points ``OPENAI_API_BASE`` at
+it) so that one place rate-limits every judge HTTP call, honours Retry-After, retries with
+jittered exponential backoff, and bounds a call's total time. When the retries run out it answers
+400 with the reason, which MLflow's client does not retry: the engine then logs error feedback
+and retries the (trace, judge) on a later pass.
+
+The proxy forwards the caller's headers (the API key among them) and never logs them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import requests
+
+from mlflow_monitor_plugin.scoring import RateLimiter, backoff_delay
+
+_logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+BASE_ENVS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+TIMEOUT_ENV = "MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS"
+_HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding"}
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    rate_limit: float | None = None  # HTTP calls per second to the judge, all threads together
+    attempts: int = 6
+    timeout_s: float = 60.0  # one upstream call
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 120.0
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class JudgeProxy:
+    """Forwards ``POST <path>`` to ``upstream + path`` with rate limit, retries and Retry-After."""
+
+    def __init__(
+        self,
+        upstream: str,
+        settings: ProxySettings | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.upstream = upstream.rstrip("/")
+        self.settings = settings or ProxySettings()
+        self._sleep = sleep
+        self._limiter = RateLimiter(self.settings.rate_limit)
+        self._rng = random.Random()
+        self._local = threading.local()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="mlflow-monitor-judge-proxy", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> JudgeProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def forward(
+        self, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One judge call, retried as needed; returns (status, headers, body) for the caller."""
+        s = self.settings
+        last = "no attempt made"
+        for attempt in range(s.attempts):
+            self._limiter.wait(self._sleep)
+            try:
+                response = self._session().post(
+                    self.upstream + path, data=body, headers=headers, timeout=s.timeout_s
+                )
+            except requests.RequestException as e:
+                last = f"{type(e).__name__} after {s.timeout_s:g}s timeout"
+                delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    kept = {
+                        "Content-Type": response.headers.get("Content-Type", "application/json")
+                    }
+                    return response.status_code, kept, response.content
+                last = f"HTTP {response.status_code}"
+                wait = retry_after_seconds(response.headers.get("Retry-After"), time.time())
+                delay = (
+                    min(wait, s.retry_after_max_s)
+                    if wait is not None
+                    else backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
+                )
+            _logger.debug("Judge call %s (attempt %d); retrying in %.2fs", last, attempt + 1, delay)
+            if attempt + 1 < s.attempts:
+                self._sleep(delay)
+        message = f"mlflow-monitor: judge endpoint failed after {s.attempts} attempts ({last})"
+        payload = json.dumps({"error": {"message": message, "type": "judge_unavailable"}}).encode()
+        return 400, {"Content-Type": "application/json"}, payload
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # headers carry the key: log nothing
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                status, out_headers, payload = proxy.forward(self.path, body, headers)
+                self.send_response(status)
+                for key, value in out_headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler
+
+
+def upstream_from_env() -> str | None:
+    """The judge endpoint configured for MLflow's OpenAI judges, or None when there is none."""
+    for name in BASE_ENVS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return DEFAULT_UPSTREAM if os.environ.get("OPENAI_API_KEY") else None
+
+
+@contextmanager
+def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | None]:
+    """Route this process's OpenAI judge calls through a ``JudgeProxy`` while the block runs."""
+    upstream = upstream_from_env()
+    if upstream is None:
+        yield None
+        return
+    user_timeout = os.environ.get(TIMEOUT_ENV)
+    settings = settings or ProxySettings()
+    if user_timeout:
+        settings = ProxySettings(**{**settings.__dict__, "timeout_s": float(user_timeout)})
+    proxy = JudgeProxy(upstream, settings).start()
+    saved = {name: os.environ.get(name) for name in (*BASE_ENVS, TIMEOUT_ENV)}
+    budget = settings.attempts * (settings.timeout_s + settings.retry_after_max_s) + 60
+    os.environ.update(
+        {BASE_ENVS[0]: proxy.url, BASE_ENVS[1]: proxy.url, TIMEOUT_ENV: f"{budget:g}"}
+    )
+    _logger.info("Judge calls go through a local proxy to the configured endpoint")
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
