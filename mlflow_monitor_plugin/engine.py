@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import time
 import uuid
 from collections import Counter
@@ -30,6 +28,7 @@ from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export import ParquetExporter
 from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.judges import JudgeSpec, build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.lease import Lease, new_owner
 from mlflow_monitor_plugin.sampling import is_sampled
 from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
 from mlflow_monitor_plugin.tags import MonitorTags
@@ -109,22 +108,6 @@ class Cursor:
         }
 
 
-def _alive(lease: dict[str, Any]) -> bool:
-    """False only when the lease holder is a process of this host that no longer runs (a
-    daemon restarted after a crash takes its lease back at once)."""
-    host, _, rest = str(lease.get("owner", "")).partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
     return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
 
@@ -134,7 +117,6 @@ class MonitorEngine:
     the real ones."""
 
     CHECKPOINT_KEY = "checkpoint"
-    LEASE_KEY = "lease"
 
     def __init__(
         self,
@@ -151,13 +133,12 @@ class MonitorEngine:
         self.runner = runner
         self.source = source_factory(experiment_id)
         self.settings = settings or EngineSettings()
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._sleep = sleep
+        self.owner = owner or new_owner()
         self._last_sweep_ms: int | None = None
         self._last_resync_ms: int | None = None
         self._export_retry_at_ms = 0
         self._export_failures = 0
-        self._holding_lease = False
+        self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
 
     @classmethod
     def create(
@@ -193,25 +174,10 @@ class MonitorEngine:
         )
 
     def acquire_lease(self, now_ms: int) -> bool:
-        """One daemon at a time works a monitor. Write our lease, let a racing writer land,
-        read it back: whoever's lease is there works this pass."""
-        current = self.tags.read_json(self.experiment_id, self.LEASE_KEY) or {}
-        mine = current.get("owner") == self.owner
-        if not mine and int(current.get("expires_ms", 0)) > now_ms and _alive(current):
-            self._holding_lease = False
-            return False
-        lease = {"owner": self.owner, "expires_ms": now_ms + int(self.settings.lease_ttl_s * 1000)}
-        self.tags.write_json(self.experiment_id, self.LEASE_KEY, lease)
-        if not self._holding_lease:
-            self._sleep(0.3)
-            current = self.tags.read_json(self.experiment_id, self.LEASE_KEY) or {}
-        self._holding_lease = current.get("owner") == self.owner or mine
-        return self._holding_lease
+        return self.lease.acquire(now_ms)
 
     def release_lease(self) -> None:
-        if self._holding_lease:
-            self.tags.write_json(self.experiment_id, self.LEASE_KEY, {"owner": "", "expires_ms": 0})
-            self._holding_lease = False
+        self.lease.release()
 
     # -- the pass ------------------------------------------------------------------------
     def run_pass(self, now_ms: int | None = None, max_pages: int | None = None) -> PassStats:

@@ -1,0 +1,79 @@
+"""One daemon at a time works a monitor: a lease in the experiment's tags.
+
+Acquiring writes our lease, lets a racing writer land, and reads it back: whoever's lease is
+there works the pass. The holder renews it as it goes; a daemon restarted on the same host takes
+back at once the lease of a predecessor whose process is gone. Should two daemons still overlap
+(a pause longer than the settle time), the feedback reconcile keeps their verdicts single.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from mlflow_monitor_plugin.tags import MonitorTags
+
+LEASE_KEY = "lease"
+SETTLE_S = 0.3
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_alive(lease: dict[str, Any]) -> bool:
+    """False only when the holder is a process of this host that no longer runs."""
+    host, _, rest = str(lease.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, under another user
+    return True
+
+
+class Lease:
+    def __init__(
+        self,
+        tags: MonitorTags,
+        experiment_id: str,
+        owner: str,
+        ttl_s: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.tags = tags
+        self.experiment_id = experiment_id
+        self.owner = owner
+        self.ttl_ms = int(ttl_s * 1000)
+        self._sleep = sleep
+        self.held = False
+
+    def _read(self) -> dict[str, Any]:
+        return self.tags.read_json(self.experiment_id, LEASE_KEY) or {}
+
+    def acquire(self, now_ms: int) -> bool:
+        """Take or renew the lease; False when another live daemon holds it."""
+        current = self._read()
+        theirs = current.get("owner") not in (None, "", self.owner)
+        if theirs and int(current.get("expires_ms", 0)) > now_ms and holder_alive(current):
+            self.held = False
+            return False
+        lease = {"owner": self.owner, "expires_ms": now_ms + self.ttl_ms}
+        self.tags.write_json(self.experiment_id, LEASE_KEY, lease)
+        if not self.held or theirs:
+            self._sleep(SETTLE_S)
+            self.held = self._read().get("owner") == self.owner
+        return self.held
+
+    def release(self) -> None:
+        if self.held:
+            self.tags.write_json(self.experiment_id, LEASE_KEY, {"owner": "", "expires_ms": 0})
+            self.held = False
