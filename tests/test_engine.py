@@ -248,3 +248,38 @@ def test_update_applies_to_new_traces_and_paused_scores_nothing(sqlite_experimen
     assert [(a.name, a.value, a.metadata["mlflow_monitor.config_version"]) for a in fb] == [
         ("response_length", "no", "3")
     ]
+
+
+def test_status_counts_and_dry_run_test_command(sqlite_experiment_id, fake_judge):
+    import json
+
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin.cli import monitor as monitor_cli
+
+    log_traces(3, retriever=False)
+    monitor([{"name": "groundedness"}, {"name": "safety", "sample_rate": 1.0}])
+    dry = CliRunner().invoke(
+        monitor_cli, ["test", "-x", sqlite_experiment_id, "--max-traces", "2", "--output", "json"]
+    )
+    assert dry.exit_code == 0, dry.output
+    rows = {r["judge"]: r for r in json.loads(dry.output)}
+    assert rows["safety"]["results"] == 2 and rows["groundedness"]["not_applicable"] == 2
+    assert feedback_by_trace(sqlite_experiment_id) == {
+        t: [] for t in feedback_by_trace(sqlite_experiment_id)
+    }
+
+    MonitorEngine.create(sqlite_experiment_id, NO_EXPORT).run_pass()
+    log_traces(1, retriever=False, prefix="new")
+    out = CliRunner().invoke(
+        monitor_cli, ["status", "-x", sqlite_experiment_id, "--output", "json"]
+    )
+    assert out.exit_code == 0, out.output
+    status = json.loads(out.output)
+    judges = {r["judge"]: r for r in status["judges"]}
+    assert judges["safety"] == {"judge": "safety", "eligible": 4, "sampled": 4, "scored": 3,
+                                "not_applicable": 0, "failed": 0, "pending": 1}  # fmt: skip
+    assert judges["groundedness"]["not_applicable"] == 3
+    assert status["lag_seconds"] >= 0 and status["checkpoint"] is not None
+    table = CliRunner().invoke(monitor_cli, ["status", "-x", sqlite_experiment_id])
+    assert "checkpoint" in table.output and "safety" in table.output
