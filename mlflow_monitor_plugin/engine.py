@@ -108,6 +108,18 @@ class Cursor:
         }
 
 
+@dataclass
+class PassContext:
+    """What one pass works with: the monitor as read at its start, and where it is."""
+
+    monitor: ExternalMonitor
+    judges: list[JudgeSpec]
+    writer: FeedbackWriter
+    cursor: Cursor
+    export: ParquetExporter | None
+    stats: PassStats
+
+
 def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
     return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
 
@@ -194,15 +206,16 @@ class MonitorEngine:
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
         export = self._export_for(monitor, now_ms)
         cursor = self.read_cursor(monitor)
+        ctx = PassContext(monitor, judges, writer, cursor, export, stats)
         pages = self.source.infos_after(cursor.start(export is not None), self.settings.page_size)
         for done, page in enumerate(pages, start=1):
-            self._process(page, monitor, judges, writer, cursor, export, stats)
+            self._process(ctx, page)
             self._save_cursor(monitor, cursor)
             self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
             if max_pages is not None and done >= max_pages:
                 break
         if self._sweep_due(now_ms):
-            self._sweep(monitor, judges, writer, cursor, export, stats, now_ms)
+            self._sweep(ctx, now_ms)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
         stats.seconds = time.monotonic() - started
@@ -223,20 +236,12 @@ class MonitorEngine:
             return None
         return ParquetExporter(monitor.export_uri)
 
-    def _process(
-        self,
-        page: list[TraceInfo],
-        monitor: ExternalMonitor,
-        judges: list[JudgeSpec],
-        writer: FeedbackWriter,
-        cursor: Cursor,
-        export: ParquetExporter | None,
-        stats: PassStats,
-    ) -> None:
+    def _process(self, ctx: PassContext, page: list[TraceInfo]) -> None:
+        cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
         to_score = [i for i in page if _ahead(cursor.score, i)]
         to_export = [i for i in page if _ahead(cursor.export, i)] if export else []
         stats.traces += len(to_score)
-        self._score(to_score, monitor, judges, writer, stats)
+        self._score(ctx, to_score, stats)
         exported = export is not None
         if to_export and export is not None:
             batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{page[0].trace_id}"
@@ -245,15 +250,14 @@ class MonitorEngine:
 
     def _score(
         self,
+        ctx: PassContext,
         infos: list[TraceInfo],
-        monitor: ExternalMonitor,
-        judges: list[JudgeSpec],
-        writer: FeedbackWriter,
         stats: PassStats,
         seen: Callable[[TraceInfo, dict[str, JudgeState]], bool] | None = None,
     ) -> None:
         """Score the sampled judges that have no verdict yet on these traces. On a trace the
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
+        monitor, judges, writer = ctx.monitor, ctx.judges, ctx.writer
         due: dict[str, list[tuple[JudgeSpec, JudgeState | None]]] = {}
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
@@ -347,17 +351,9 @@ class MonitorEngine:
         last = self._last_sweep_ms
         return last is None or now_ms - last >= self.settings.sweep_every_s * 1000
 
-    def _sweep(
-        self,
-        monitor: ExternalMonitor,
-        judges: list[JudgeSpec],
-        writer: FeedbackWriter,
-        cursor: Cursor,
-        export: ParquetExporter | None,
-        stats: PassStats,
-        now_ms: int,
-    ) -> None:
+    def _sweep(self, ctx: PassContext, now_ms: int) -> None:
         """Revisit the late window behind the cursor: late traces, failed judges, duplicates."""
+        cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
         self._last_sweep_ms = now_ms
         if cursor.score is None:
             return
@@ -374,8 +370,8 @@ class MonitorEngine:
             if not page:
                 continue
             for info in page:
-                stats.duplicates_removed += writer.reconcile(info)
-            self._score(page, monitor, judges, writer, sweep, seen)
+                stats.duplicates_removed += ctx.writer.reconcile(info)
+            self._score(ctx, page, sweep, seen)
             late = [i.trace_id for i in page if i.trace_id not in exported]
             if export and late and not _ahead(cursor.export, page[-1]):
                 self._export(export, f"late-{uuid.uuid4().hex}", late, stats)
