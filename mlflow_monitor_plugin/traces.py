@@ -41,18 +41,17 @@ class TraceSource:
         """Pages of trace infos strictly after ``checkpoint`` (and started before ``until_ms``)."""
         cursor = checkpoint or Checkpoint(0, "")
         while True:
-            page = self._page_from(cursor, page_size, until_ms)
-            if not page:
-                return
-            yield page
-            last = page[-1]
-            cursor = Checkpoint(last.timestamp_ms, last.trace_id)
-            if len(page) < page_size:
+            page, more = self._page_from(cursor, page_size, until_ms)
+            if page:
+                yield page
+                cursor = Checkpoint(page[-1].timestamp_ms, page[-1].trace_id)
+            if not more:
                 return
 
     def _page_from(
         self, cursor: Checkpoint, page_size: int, until_ms: int | None
-    ) -> list[TraceInfo]:
+    ) -> tuple[list[TraceInfo], bool]:
+        """The next infos after ``cursor``, and whether the store may hold more."""
         conditions = [FINISHED, NOT_EVALUATION, f"trace.timestamp_ms >= {cursor.timestamp_ms}"]
         if until_ms is not None:
             conditions.append(f"trace.timestamp_ms < {until_ms}")
@@ -69,8 +68,9 @@ class TraceSource:
             infos = [
                 t.info for t in result if cursor.is_before(t.info.timestamp_ms, t.info.trace_id)
             ]
-            if infos or not result.token or len(result) < page_size:
-                return infos
+            more = len(result) >= page_size
+            if infos or not more or not result.token:
+                return infos, more and bool(infos)
             token = result.token
 
     def newest_timestamp_ms(self) -> int | None:
