@@ -20,6 +20,7 @@ import schedule
 
 from mlflow_monitor_plugin.engine import EngineSettings, MonitorEngine, PassStats
 from mlflow_monitor_plugin.exceptions import MonitorNotFoundError
+from mlflow_monitor_plugin.lease import new_owner
 from mlflow_monitor_plugin.tags import MonitorTags
 
 _logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Daemon:
         self._discover = discover or (lambda: MonitorTags().monitored_experiment_ids())
         self._clock = clock
         self.engines: dict[str, MonitorEngine] = {}
+        self.owner = new_owner()  # one per daemon: a recreated engine knows its own lease
         self.health: dict[str, MonitorHealth] = {}
         self.stop_flag = threading.Event()
         self._discovery_failures = 0
@@ -76,7 +78,9 @@ class Daemon:
 
     def _engine(self, experiment_id: str) -> MonitorEngine:
         if experiment_id not in self.engines:
-            self.engines[experiment_id] = self._engine_factory(experiment_id, self.settings)
+            self.engines[experiment_id] = self._engine_factory(
+                experiment_id, self.settings, owner=self.owner
+            )
         return self.engines[experiment_id]
 
     def run_pass(self, now_ms: int | None = None, max_pages: int | None = None) -> PassReport:
@@ -91,7 +95,11 @@ class Daemon:
             _logger.exception("Could not list monitored experiments")
             return report
         for gone in set(self.engines) - set(experiment_ids):
-            self.engines.pop(gone).release_lease()  # the monitor was deleted
+            engine = self.engines.pop(gone)  # the monitor or its experiment was deleted
+            try:
+                engine.release_lease()
+            except Exception as e:
+                _logger.debug("Could not release the lease of %s: %s", gone, e)
         for experiment_id in experiment_ids:
             if self.stop_flag.is_set():
                 break

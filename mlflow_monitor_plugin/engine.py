@@ -290,17 +290,31 @@ class MonitorEngine:
                 states_by_task[(trace_id, judge.name)] = state
 
         def write(verdict: Verdict) -> int:
+            if not verdict.ok:
+                return 0  # written below, once we know whether the judge answered anyone
             state = states_by_task[(verdict.trace_id, verdict.judge.name)]
             return writer.write(traces[verdict.trace_id], verdict, state)
 
+        answered, failed = set(), []
         for verdict, logged in self.runner.run(tasks, then=write):
             stats.feedback_logged += logged
             stats.count(verdict.judge.name, "scored" if verdict.ok else "failed")
-            if not verdict.ok:
-                _logger.warning(
+            if verdict.ok:
+                answered.add(verdict.judge.name)
+            else:
+                failed.append(verdict)
+                log = _logger.debug if verdict.skipped else _logger.warning
+                log(
                     "Judge %s failed on trace %s after %d attempts: %s",
                     verdict.judge.name, verdict.trace_id, verdict.attempts, verdict.error,
                 )  # fmt: skip
+        # Error feedback makes a failure visible and due again on later sweeps. A failure counts
+        # towards --max-failed-passes only if the judge answered others in this pass: an outage
+        # of the judge itself never uses up a trace's retries.
+        for verdict in failed:
+            state = states_by_task[(verdict.trace_id, verdict.judge.name)]
+            charge = verdict.judge.name in answered and not verdict.skipped
+            stats.feedback_logged += writer.write(traces[verdict.trace_id], verdict, state, charge)
 
     def _export(
         self,

@@ -98,7 +98,9 @@ class FeedbackWriter:
             CONFIG_VERSION_KEY: str(self.config_version),
         }
 
-    def write(self, trace: Trace, verdict: Verdict, state: JudgeState | None) -> int:
+    def write(
+        self, trace: Trace, verdict: Verdict, state: JudgeState | None, charge: bool = True
+    ) -> int:
         """Log a verdict (or its error), remove what it supersedes; return the feedbacks logged."""
         state = state or JudgeState()
         trace_id = trace.info.trace_id
@@ -121,7 +123,8 @@ class FeedbackWriter:
             stale = state.errors + [a for group in state.partial for a in group]
         else:
             metadata = self._metadata(judge.name, verdict_id, 1)
-            metadata[FAILED_PASSES_KEY] = str(state.failed_passes + 1)
+            passes = state.failed_passes + 1 if charge else max(state.failed_passes, 1)
+            metadata[FAILED_PASSES_KEY] = str(passes)
             self._log(
                 trace_id=trace_id,
                 name=judge.name,

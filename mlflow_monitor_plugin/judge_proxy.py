@@ -24,9 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from mlflow_monitor_plugin.redact import add_secret_url
 from mlflow_monitor_plugin.scoring import RateLimiter, backoff_delay
 
 _logger = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ class JudgeProxy:
             self._limiter.wait(self._sleep)
             try:
                 response = self._session().post(
-                    self.upstream + path, data=body, headers=headers, timeout=s.timeout_s
+                    _join(self.upstream, path), data=body, headers=headers, timeout=s.timeout_s
                 )
             except requests.RequestException as e:
                 last = f"{type(e).__name__} after {s.timeout_s:g}s timeout"
@@ -160,6 +162,13 @@ class JudgeProxy:
         return Handler
 
 
+def _join(upstream: str, path: str) -> str:
+    """``upstream`` + the route, keeping a query string of the upstream URL where it belongs."""
+    base, extra = urlsplit(upstream), urlsplit(path)
+    query = "&".join(q for q in (base.query, extra.query) if q)
+    return urlunsplit(base._replace(path=base.path.rstrip("/") + extra.path, query=query))
+
+
 def upstream_from_env() -> str | None:
     """The judge endpoint configured for MLflow's OpenAI judges, or None when there is none."""
     for name in BASE_ENVS:
@@ -179,6 +188,7 @@ def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | 
     settings = settings or ProxySettings()
     if user_timeout:
         settings = ProxySettings(**{**settings.__dict__, "timeout_s": float(user_timeout)})
+    add_secret_url(upstream)  # the environment will name the proxy, not the upstream
     proxy = JudgeProxy(upstream, settings).start()
     saved = {name: os.environ.get(name) for name in (*BASE_ENVS, TIMEOUT_ENV)}
     budget = settings.attempts * (settings.timeout_s + settings.retry_after_max_s) + 60

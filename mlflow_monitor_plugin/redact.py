@@ -10,12 +10,31 @@ from __future__ import annotations
 import logging
 import os
 import re
+from urllib.parse import parse_qsl, urlsplit
 
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 
 _SECRET_NAME = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|AUTH|HEADERS)$|^OPENAI_API_KEY$", re.I)
 _MIN_SECRET_LENGTH = 8
 MASK = "***"
+
+
+_URL_NAME = re.compile(r"(_BASE|_URL|_URI|_ENDPOINT)$", re.I)
+_secret_urls: set[str] = set()
+
+
+def add_secret_url(url: str) -> None:
+    """Also mask the credentials embedded in ``url`` (e.g. the judge upstream behind the proxy)."""
+    _secret_urls.add(url)
+
+
+def _url_credentials(url: str) -> set[str]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return set()
+    found = {parts.password or ""} | {v for _, v in parse_qsl(parts.query)}
+    return {v for v in found if len(v) >= _MIN_SECRET_LENGTH}
 
 
 def secret_values() -> list[str]:
@@ -25,6 +44,9 @@ def secret_values() -> list[str]:
         for name, value in os.environ.items()
         if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LENGTH
     }
+    urls = {v for k, v in os.environ.items() if _URL_NAME.search(k)} | _secret_urls
+    for url in urls:
+        values |= _url_credentials(url)
     return sorted(values, key=len, reverse=True)
 
 

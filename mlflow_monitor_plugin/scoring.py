@@ -35,10 +35,11 @@ class Verdict:
     error_code: str | None = None
     attempts: int = 0
     seconds: float = 0.0
+    skipped: bool = False  # not tried: the judge failed every call before it in this run
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and not self.skipped
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ScoringSettings:
     attempts: int = 3
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
+    breaker_after: int = 8  # consecutive failed calls after which a judge is left for later
 
 
 class RateLimiter:
@@ -106,6 +108,7 @@ class JudgeRunner:
         self._rng = rng or random.Random()
         self._scorers: dict[JudgeSpec, Any] = {}
         self._lock = threading.Lock()
+        self._failing: dict[str, int] = {}  # consecutive failures per judge, this run
 
     def _scorer(self, judge: JudgeSpec) -> Any:
         with self._lock:
@@ -148,9 +151,18 @@ class JudgeRunner:
         tasks = list(tasks)
         if not tasks:
             return
+        self._failing.clear()
 
         def work(trace: Trace, judge: JudgeSpec) -> tuple[Verdict, Any]:
+            if self._failing.get(judge.name, 0) >= self.settings.breaker_after:
+                error = (
+                    f"not tried: {judge.name} failed {self.settings.breaker_after} calls in a row"
+                )
+                return Verdict(trace.info.trace_id, judge, error=error, skipped=True), None
             verdict = self.score_one(trace, judge)
+            with self._lock:
+                failures = 0 if verdict.ok else self._failing.get(judge.name, 0) + 1
+                self._failing[judge.name] = failures
             return verdict, then(verdict) if then else None
 
         workers = max(1, min(self.settings.workers, len(tasks)))

@@ -128,6 +128,8 @@ class MonitorTags:
         try:
             experiment = self.client.get_experiment(experiment_id)
         except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             raise MonitorNotFoundError(f"Experiment {experiment_id!r} does not exist.") from e
         if experiment.lifecycle_stage != "active":
             raise MonitorNotFoundError(f"Experiment {experiment_id!r} is deleted.")

@@ -138,7 +138,7 @@ def test_unparseable_reply_is_error_feedback_then_replaced_by_the_verdict(
     assert engine.run_pass().judges["safety"]["failed"] == 2
     (error,) = ours(feedback_by_trace(sqlite_experiment_id)[trace_id], m.monitor_id)
     assert error.error is not None and "parse" in error.error.error_message
-    assert error.metadata["mlflow_monitor.failed_passes"] == "2"
+    assert error.metadata["mlflow_monitor.failed_passes"] == "1"  # the judge answered no one
     stats = engine.run_pass(now_ms=int(time.time() * 1000) + 1)  # the sweep retries it
     assert stats.judges["safety"]["scored"] == 1
     final = ours(feedback_by_trace(sqlite_experiment_id)[trace_id], m.monitor_id)
