@@ -1,8 +1,9 @@
 """Keep secrets out of what the plugin writes: tags, feedback, exports and logs.
 
 The secrets are the values of the process's credential variables (``OPENAI_API_KEY``,
-``*_API_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``). They are read from the environment on
-each call, never stored.
+``*_API_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``), and the passwords and query values of
+URLs in ``*_BASE``, ``*_URL``, ``*_URI`` variables (a key passed as ``?api-key=``). They are read
+from the environment on each call, never stored.
 """
 
 from __future__ import annotations
