@@ -297,7 +297,7 @@ class MonitorEngine:
 
         answered, failed = set(), []
         for verdict, logged in self.runner.run(tasks, then=write):
-            stats.feedback_logged += logged
+            stats.feedback_logged += logged or 0
             stats.count(verdict.judge.name, "scored" if verdict.ok else "failed")
             if verdict.ok:
                 answered.add(verdict.judge.name)

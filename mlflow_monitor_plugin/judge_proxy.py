@@ -116,7 +116,8 @@ class JudgeProxy:
                     _join(self.upstream, path), data=body, headers=headers, timeout=s.timeout_s
                 )
             except requests.RequestException as e:
-                last = f"{type(e).__name__} after {s.timeout_s:g}s timeout"
+                timed_out = isinstance(e, requests.Timeout)
+                last = f"timed out after {s.timeout_s:g}s" if timed_out else type(e).__name__
                 delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
             else:
                 if response.status_code not in RETRY_STATUSES:

@@ -283,3 +283,23 @@ def test_status_counts_and_dry_run_test_command(sqlite_experiment_id, fake_judge
     assert status["lag_seconds"] >= 0 and status["checkpoint"] is not None
     table = CliRunner().invoke(monitor_cli, ["status", "-x", sqlite_experiment_id])
     assert "checkpoint" in table.output and "safety" in table.output
+
+
+def test_dead_judge_trips_the_breaker_and_leaves_error_feedback_on_every_pair(
+    sqlite_experiment_id, fake_judge
+):
+    fake_judge.behaviour.fault_rate = 1.0
+    fake_judge.behaviour.faults = ("malformed",)
+    ids = log_traces(12, retriever=False)
+    m = monitor([{"name": "safety"}])
+    scoring = ScoringSettings(workers=2, attempts=1, breaker_after=3)
+    engine = MonitorEngine.create(
+        sqlite_experiment_id, EngineSettings(export=False, scoring=scoring)
+    )
+    stats = engine.run_pass()
+    assert stats.judges["safety"]["failed"] >= 12  # the pass, and its sweep retrying them
+    assert fake_judge.count("malformed") < 12  # the breaker stopped calling it, twice
+    for trace_id in ids:
+        (error,) = ours(feedback_by_trace(sqlite_experiment_id)[trace_id], m.monitor_id)
+        assert error.error is not None
+        assert error.metadata["mlflow_monitor.failed_passes"] == "1"  # an outage is not charged
