@@ -112,8 +112,14 @@ def measure_throughput(root: Path, traces: int, workers: int) -> dict:
     report = Daemon([experiment_id], settings=settings).run_until_idle()
     seconds = time.perf_counter() - started
     verdicts = sum(s.feedback_logged for s in report.stats)
-    return {"traces": traces, "judges": JUDGES, "workers": workers, "verdicts": verdicts,
-            "seconds": round(seconds, 2), "verdicts_per_s": round(verdicts / seconds, 1)}  # fmt: skip
+    return {
+        "traces": traces,
+        "judges": JUDGES,
+        "workers": workers,
+        "verdicts": verdicts,
+        "seconds": round(seconds, 2),
+        "verdicts_per_s": round(verdicts / seconds, 1),
+    }
 
 
 def raw_feedback_rate(root: Path, writes: int, threads: int) -> float:
@@ -154,9 +160,7 @@ def main() -> None:
             f"{args.workers}_threads": raw_feedback_rate(root, 500, args.workers),
         }
         best_raw = max(summary["raw_log_feedback_per_s"].values())
-        summary["throughput_vs_raw"] = round(
-            summary["throughput"]["verdicts_per_s"] / best_raw, 2
-        )
+        summary["throughput_vs_raw"] = round(summary["throughput"]["verdicts_per_s"] / best_raw, 2)
         summary["judge_calls"] = judge.count("ok")
     print(json.dumps(summary, indent=2))
 

@@ -7,6 +7,7 @@ a ``Verdict`` with an error, which the engine logs and retries on a later pass.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import random
 import threading
@@ -93,6 +94,22 @@ def _error_code(exc: BaseException) -> str:
     return str(code) if code else type(exc).__name__
 
 
+def _preload_lazy_imports() -> None:
+    """Import, in this thread, what MLflow's judge call imports lazily on first use.
+
+    MLflow 3.17's telemetry imports ``mlflow.server.jobs.utils`` inside the first scorer call,
+    which takes MLflow's import-hook lock while waiting for Python's import lock; over REST,
+    another thread's client call holds Python's import lock (probing for Databricks modules)
+    while waiting for the hook lock. Two worker threads can so deadlock for good. Importing
+    the module once up front removes the first half of that inversion.
+    """
+    for module in ("mlflow.genai.scorers.job", "mlflow.server.jobs.utils"):
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # an optional part of MLflow: nothing to preload
+            _logger.debug("Could not preload %s: %s", module, e)
+
+
 class JudgeRunner:
     """Runs (trace, judge) tasks on a thread pool; yields verdicts as they complete."""
 
@@ -109,6 +126,7 @@ class JudgeRunner:
         self._scorers: dict[JudgeSpec, Any] = {}
         self._lock = threading.Lock()
         self._failing: dict[str, int] = {}  # consecutive failures per judge, this run
+        _preload_lazy_imports()
 
     def _scorer(self, judge: JudgeSpec) -> Any:
         with self._lock:

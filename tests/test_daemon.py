@@ -126,3 +126,21 @@ def test_sigkill_mid_scoring_then_restart_writes_no_duplicate(sqlite_uri, tmp_pa
     assert result.exit_code == 0, result.output
     counts = verdicts(experiment_id)
     assert counts == Counter({(t, j): 1 for t in ids for j in ("safety", "pii_detection")})
+
+
+def test_run_once_over_rest_finishes_without_deadlock(rest_uri, tmp_path, fake_judge):
+    """MLflow's lazy imports on the first judge call could deadlock two worker threads against a
+    REST store; a fresh daemon process, where those imports happen, must finish."""
+    experiment_id = mlflow.set_experiment(f"rest-{time.time_ns()}").experiment_id
+    suite = {"assessments": [{"name": "safety"}, {"name": "relevance_to_query"}]}
+    create_external_monitor(catalog_name="w", schema_name="d", assessments_config=suite)
+    ids = log_traces(40, retriever=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}
+    env.pop("MLFLOW_DISABLE_TELEMETRY", None)  # the deadlock ran through MLflow's telemetry
+    cmd = [sys.executable, "-m", "mlflow_monitor_plugin.cli", "run", "-x", experiment_id,
+           "--once", "--no-export", "--workers", "8"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert verdicts(experiment_id) == Counter(
+        {(t, j): 1 for t in ids for j in ("safety", "relevance_to_query")}
+    )
