@@ -68,6 +68,8 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 def clean_text(text: str) -> str:
     """``text`` as valid UTF-8: surrogate pairs are joined, lone surrogates become U+FFFD."""
+    if text.isascii():  # the common case, checked without copying
+        return text
     try:
         text.encode("utf-8")
         return text
