@@ -229,7 +229,7 @@ def read_only(path: Path):
         try:
             probe.touch()
             probe.unlink()
-            pytest.skip("cannot make a directory read-only here")
+            pytest.skip("no way to make a directory read-only here (root, and no chattr support)")
         except OSError:
             pass
         yield
