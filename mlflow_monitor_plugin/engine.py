@@ -47,7 +47,6 @@ class EngineSettings:
     lease_ttl_s: float = 60.0
     resync_every_s: float = 3600.0  # re-export yesterday and today, for later feedback; 0: off
     export: bool = True
-    skip_llm_judges: bool = False
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
 
@@ -225,7 +224,7 @@ class MonitorEngine:
         if monitor.assessments_config.paused:
             return []
         judges = build_judges(monitor.assessments_config)
-        if self.settings.skip_llm_judges or not llm_endpoint_configured():
+        if not llm_endpoint_configured():
             judges = [j for j in judges if not j.is_llm]
         return judges
 

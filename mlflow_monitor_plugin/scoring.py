@@ -1,4 +1,7 @@
-"""Run judges on traces concurrently, under a rate limit, with retries and jittered backoff.
+"""Run judges on traces concurrently, with retries and jittered backoff.
+
+The rate limit lives in the judge proxy (judge_proxy.py), which sees every HTTP call a judge
+makes; ``RateLimiter`` and ``backoff_delay`` are shared with it.
 
 MLflow's judge client already retries 429/5xx/timeouts inside one call; this layer retries the
 calls that still fail (and replies it cannot parse) a few times more, and turns what remains into
@@ -46,7 +49,6 @@ class Verdict:
 @dataclass(frozen=True)
 class ScoringSettings:
     workers: int = 8
-    rate_limit: float | None = None  # judge calls per second, all workers together
     attempts: int = 3
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -120,7 +122,6 @@ class JudgeRunner:
         rng: random.Random | None = None,
     ):
         self.settings = settings or ScoringSettings()
-        self._limiter = RateLimiter(self.settings.rate_limit)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._scorers: dict[JudgeSpec, Any] = {}
@@ -139,8 +140,6 @@ class JudgeRunner:
         verdict = Verdict(trace.info.trace_id, judge)
         for attempt in range(self.settings.attempts):
             verdict.attempts = attempt + 1
-            if judge.is_llm:
-                self._limiter.wait(self._sleep)
             try:
                 value = self._scorer(judge)(trace=trace)
                 verdict.feedbacks = _as_feedbacks(value, judge.name)
