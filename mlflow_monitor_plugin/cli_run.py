@@ -22,7 +22,22 @@ from mlflow_monitor_plugin.scoring import ScoringSettings
 
 def engine_options(func: Any) -> Any:
     options = [
-        click.option("--workers", default=8, show_default=True, help="Concurrent judge calls."),
+        click.option(
+            "--workers",
+            default=8,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Concurrent judge calls (in each scoring process).",
+        ),
+        click.option(
+            "--processes",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Scoring processes beside the daemon; 0 scores in the daemon's own process. "
+            "One process uses about one core: on a machine with cores to spare, 1 to the "
+            "number of cores scores faster (see BENCHMARKS.md).",
+        ),
         click.option("--rate-limit", type=float, help="Judge calls per second, at most."),
         click.option(
             "--attempts", default=3, show_default=True, help="Tries per judge call in a pass."
@@ -48,6 +63,7 @@ def engine_options(func: Any) -> Any:
 
 def _settings(
     workers: int,
+    processes: int,
     rate_limit: float | None,
     attempts: int,
     max_failed_passes: int,
@@ -58,7 +74,7 @@ def _settings(
         max_failed_passes=max_failed_passes,
         late_window_s=late_window,
         export=not no_export,
-        scoring=ScoringSettings(workers=workers, attempts=attempts),
+        scoring=ScoringSettings(workers=workers, processes=processes, attempts=attempts),
     )
 
 

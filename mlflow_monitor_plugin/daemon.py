@@ -21,6 +21,7 @@ import schedule
 from mlflow_monitor_plugin.engine import EngineSettings, MonitorEngine, PassStats
 from mlflow_monitor_plugin.exceptions import MonitorNotFoundError
 from mlflow_monitor_plugin.lease import new_owner
+from mlflow_monitor_plugin.scoring_pool import make_scorer
 from mlflow_monitor_plugin.tags import MonitorTags
 
 _logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Daemon:
         self._clock = clock
         self.engines: dict[str, MonitorEngine] = {}
         self.owner = new_owner()  # one per daemon: a recreated engine knows its own lease
+        self.scorer = make_scorer(self.settings.scoring)  # shared by every monitor
         self.health: dict[str, MonitorHealth] = {}
         self.stop_flag = threading.Event()
         self._discovery_failures = 0
@@ -79,7 +81,7 @@ class Daemon:
     def _engine(self, experiment_id: str) -> MonitorEngine:
         if experiment_id not in self.engines:
             self.engines[experiment_id] = self._engine_factory(
-                experiment_id, self.settings, owner=self.owner
+                experiment_id, self.settings, owner=self.owner, scorer=self.scorer
             )
         return self.engines[experiment_id]
 
@@ -175,6 +177,9 @@ class Daemon:
         _logger.info("mlflow-monitor daemon stopped")
 
     def release(self) -> None:
+        """Release every lease and stop the scoring processes."""
+        if self.scorer is not None:
+            self.scorer.close()
         for engine in self.engines.values():
             try:
                 engine.release_lease()

@@ -30,7 +30,8 @@ from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState, judge_sta
 from mlflow_monitor_plugin.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.lease import Lease, new_owner
 from mlflow_monitor_plugin.sampling import is_sampled
-from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
+from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings
+from mlflow_monitor_plugin.scoring_pool import Due, InProcessScorer, Scorer
 from mlflow_monitor_plugin.tags import MonitorTags
 
 _logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class MonitorEngine:
         self,
         experiment_id: str,
         tags: MonitorTags,
-        runner: JudgeRunner,
+        scorer: Scorer,
         source_factory: Callable[[str], Any],
         settings: EngineSettings | None = None,
         owner: str | None = None,
@@ -141,7 +142,7 @@ class MonitorEngine:
     ):
         self.experiment_id = experiment_id
         self.tags = tags
-        self.runner = runner
+        self.scorer = scorer
         self.source = source_factory(experiment_id)
         self.settings = settings or EngineSettings()
         self.owner = owner or new_owner()
@@ -153,16 +154,25 @@ class MonitorEngine:
 
     @classmethod
     def create(
-        cls, experiment_id: str, settings: EngineSettings | None = None, owner: str | None = None
+        cls,
+        experiment_id: str,
+        settings: EngineSettings | None = None,
+        owner: str | None = None,
+        scorer: Scorer | None = None,
     ) -> MonitorEngine:
+        """The engine with real collaborators; ``scorer`` is a daemon's shared process pool,
+        or None to score on threads in this process."""
         from mlflow_monitor_plugin.traces import TraceSource
 
         settings = settings or EngineSettings()
         client = MlflowClient()
+        if scorer is None:
+            fetch = TraceSource(experiment_id, client).fetch
+            scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
         return cls(
             experiment_id,
             MonitorTags(client),
-            JudgeRunner(settings.scoring),
+            scorer,
             lambda exp: TraceSource(exp, client),
             settings,
             owner,
@@ -257,7 +267,7 @@ class MonitorEngine:
         """Score the sampled judges that have no verdict yet on these traces. On a trace the
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
         monitor, judges, writer = ctx.monitor, ctx.judges, ctx.writer
-        due: dict[str, list[tuple[JudgeSpec, JudgeState | None]]] = {}
+        due: Due = {}
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
             retry_only = seen is not None and seen(info, states)
@@ -277,26 +287,13 @@ class MonitorEngine:
                     due.setdefault(info.trace_id, []).append((judge, state))
         if not due:
             return
-        traces = {t.info.trace_id: t for t in self.source.fetch(list(due))}
-        tasks, states_by_task = [], {}
-        for trace_id, pairs in due.items():
-            trace = traces.get(trace_id)
-            for judge, state in pairs:
-                if trace is None or not judge.applies_to(trace):
-                    stats.count(judge.name, "not_applicable")
-                    continue
-                tasks.append((trace, judge))
-                states_by_task[(trace_id, judge.name)] = state
-
-        def write(verdict: Verdict) -> int:
-            if not verdict.ok:
-                return 0  # written below, once we know whether the judge answered anyone
-            state = states_by_task[(verdict.trace_id, verdict.judge.name)]
-            return writer.write(traces[verdict.trace_id], verdict, state)
-
         answered, failed = set(), []
-        for verdict, logged in self.runner.run(tasks, then=write):
-            stats.feedback_logged += logged or 0
+        for outcome in self.scorer.score(writer, due):
+            verdict = outcome.verdict
+            if not outcome.applicable:
+                stats.count(verdict.judge.name, "not_applicable")
+                continue
+            stats.feedback_logged += outcome.logged
             stats.count(verdict.judge.name, "scored" if verdict.ok else "failed")
             if verdict.ok:
                 answered.add(verdict.judge.name)
@@ -310,10 +307,11 @@ class MonitorEngine:
         # Error feedback makes a failure visible and due again on later sweeps. A failure counts
         # towards --max-failed-passes only if the judge answered others in this pass: an outage
         # of the judge itself never uses up a trace's retries.
+        states = {(t, judge.name): state for t, pairs in due.items() for judge, state in pairs}
         for verdict in failed:
-            state = states_by_task[(verdict.trace_id, verdict.judge.name)]
+            state = states[(verdict.trace_id, verdict.judge.name)]
             charge = verdict.judge.name in answered and not verdict.skipped
-            stats.feedback_logged += writer.write(traces[verdict.trace_id], verdict, state, charge)
+            stats.feedback_logged += writer.write(verdict, state, charge)
 
     def _export(
         self,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-from mlflow.entities import AssessmentError, AssessmentSource, Trace, TraceInfo
+from mlflow.entities import AssessmentError, AssessmentSource, TraceInfo
 
 from mlflow_monitor_plugin.redact import redact
 from mlflow_monitor_plugin.scoring import Verdict
@@ -69,11 +69,6 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
     return dict(states)
 
 
-def _root_span_id(trace: Trace) -> str | None:
-    root = trace.data._get_root_span() if trace.data.spans else None
-    return root.span_id if root else None
-
-
 class FeedbackWriter:
     """Logs a monitor's verdicts on traces, and cleans up what a crash or a race left."""
 
@@ -98,12 +93,10 @@ class FeedbackWriter:
             CONFIG_VERSION_KEY: str(self.config_version),
         }
 
-    def write(
-        self, trace: Trace, verdict: Verdict, state: JudgeState | None, charge: bool = True
-    ) -> int:
+    def write(self, verdict: Verdict, state: JudgeState | None, charge: bool = True) -> int:
         """Log a verdict (or its error), remove what it supersedes; return the feedbacks logged."""
         state = state or JudgeState()
-        trace_id = trace.info.trace_id
+        trace_id = verdict.trace_id
         verdict_id = uuid.uuid4().hex
         judge = verdict.judge
         if verdict.ok:
@@ -118,7 +111,7 @@ class FeedbackWriter:
                         **{k: str(v) for k, v in (feedback.metadata or {}).items()},
                         **self._metadata(judge.name, verdict_id, len(verdict.feedbacks)),
                     },
-                    span_id=feedback.span_id or _root_span_id(trace),
+                    span_id=feedback.span_id or verdict.root_span_id,
                 )
             stale = state.errors + [a for group in state.partial for a in group]
         else:
@@ -134,7 +127,7 @@ class FeedbackWriter:
                     error_message=verdict.error or "unknown error",
                 ),
                 metadata=metadata,
-                span_id=_root_span_id(trace),
+                span_id=verdict.root_span_id,
             )
             stale = state.errors
         for assessment in stale:

@@ -8,8 +8,8 @@ or evaluated.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,26 @@ LLM_ENDPOINT_ENVS = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL")
 
 
 @dataclass(frozen=True)
+class ScorerFactory:
+    """Builds one ``mlflow.genai.scorers`` object. A plain value, so a judge can be sent to a
+    scoring process (see scoring_pool.py) and used as a dict key; ``kind`` only ever comes
+    from the tables below."""
+
+    kind: str
+    name: str
+    kwargs_json: str = "{}"
+
+    @classmethod
+    def of(cls, kind: str, name: str, **kwargs: Any) -> ScorerFactory:
+        return cls(kind, name, json.dumps(kwargs, sort_keys=True))
+
+    def __call__(self) -> Any:
+        from mlflow.genai import scorers
+
+        return getattr(scorers, self.kind)(name=self.name, **json.loads(self.kwargs_json))
+
+
+@dataclass(frozen=True)
 class JudgeSpec:
     """One judge as the engine runs it: its feedback name, rate and the factory of its scorer."""
 
@@ -36,7 +56,7 @@ class JudgeSpec:
     is_llm: bool
     model: str | None
     needs: frozenset[str]  # 'inputs', 'outputs', 'retrieval'
-    make: Callable[[], Any]
+    make: ScorerFactory
 
     def applies_to(self, trace: Trace) -> bool:
         return all(_has(trace, need) for need in self.needs)
@@ -49,23 +69,8 @@ def _has(trace: Trace, need: str) -> bool:
     return value not in (None, "", "null", "{}", "[]")
 
 
-def _llm_scorer(kind: str, name: str, model: str | None, **kwargs: Any) -> Callable[[], Any]:
-    def make() -> Any:
-        from mlflow.genai import scorers
-
-        extra = {"model": model} if model else {}
-        return getattr(scorers, kind)(name=name, **extra, **kwargs)
-
-    return make
-
-
-def _code_scorer(kind: str, name: str, args: dict[str, Any]) -> Callable[[], Any]:
-    def make() -> Any:
-        from mlflow.genai import scorers
-
-        return getattr(scorers, kind)(name=name, **args)
-
-    return make
+def _llm_scorer(kind: str, name: str, model: str | None, **kwargs: Any) -> ScorerFactory:
+    return ScorerFactory.of(kind, name, **({"model": model} if model else {}), **kwargs)
 
 
 # name -> (MLflow scorer class, what the trace must carry for the judge to apply)
@@ -103,7 +108,7 @@ def build_judges(suite: AssessmentsSuiteConfig) -> list[JudgeSpec]:
                 )
             )
         else:
-            make = _code_scorer(_CODE[judge.name], judge.name, judge.args or {})
+            make = ScorerFactory.of(_CODE[judge.name], judge.name, **(judge.args or {}))
             specs.append(JudgeSpec(judge.name, rate, False, None, frozenset({"outputs"}), make))
     return specs
 

@@ -40,6 +40,7 @@ class Verdict:
     attempts: int = 0
     seconds: float = 0.0
     skipped: bool = False  # not tried: the judge failed every call before it in this run
+    root_span_id: str | None = None  # where feedback without a span of its own is attached
 
     @property
     def ok(self) -> bool:
@@ -48,7 +49,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    workers: int = 8
+    workers: int = 8  # concurrent judge calls in each scoring process
+    processes: int = 0  # scoring processes beside the daemon; 0: score in the daemon itself
     attempts: int = 3
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -89,6 +91,11 @@ def _as_feedbacks(value: Any, name: str) -> list[Feedback]:
         else:  # a scorer returning a bare value
             feedbacks.append(Feedback(name=name, value=item))
     return feedbacks
+
+
+def root_span_id(trace: Trace) -> str | None:
+    root = trace.data._get_root_span() if trace.data.spans else None
+    return root.span_id if root else None
 
 
 def _error_code(exc: BaseException) -> str:
@@ -137,7 +144,7 @@ class JudgeRunner:
 
     def score_one(self, trace: Trace, judge: JudgeSpec) -> Verdict:
         started = time.monotonic()
-        verdict = Verdict(trace.info.trace_id, judge)
+        verdict = Verdict(trace.info.trace_id, judge, root_span_id=root_span_id(trace))
         for attempt in range(self.settings.attempts):
             verdict.attempts = attempt + 1
             try:
@@ -175,7 +182,14 @@ class JudgeRunner:
                 error = (
                     f"not tried: {judge.name} failed {self.settings.breaker_after} calls in a row"
                 )
-                return Verdict(trace.info.trace_id, judge, error=error, skipped=True), None
+                verdict = Verdict(
+                    trace.info.trace_id,
+                    judge,
+                    error=error,
+                    skipped=True,
+                    root_span_id=root_span_id(trace),
+                )
+                return verdict, None
             verdict = self.score_one(trace, judge)
             with self._lock:
                 failures = 0 if verdict.ok else self._failing.get(judge.name, 0) + 1

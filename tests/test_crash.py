@@ -11,7 +11,9 @@ import pytest
 
 from mlflow_monitor_plugin import create_external_monitor
 from tests.survival import (
+    alive,
     audit,
+    descendants,
     expected_pairs,
     export_counts,
     export_ids,
@@ -50,21 +52,24 @@ def assert_exactly_once(experiment_id, monitor, trace_ids):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_uri, tmp_path, fake_judge):
-    rounds, rng = 10, random.Random(20240605)
+@pytest.mark.parametrize("processes", [0, 2], ids=["in-process", "2-scoring-processes"])
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+    sqlite_uri, tmp_path, fake_judge, processes
+):
+    rounds, rng = (6 if processes else 10), random.Random(20240605 + processes)
     fake_judge.behaviour.latency_s = 0.02
     mlflow.set_experiment("crash")
     monitor = make_monitor()
     trace_ids = log_traces(200, retriever=True, prefix="base")
     experiment_id = monitor.experiment_id
     expected = expected_pairs(trace_ids, monitor.monitor_id, RATES)
-    killed_mid_work = 0
+    killed_mid_work = scoring_processes_killed = 0
     history = []
     for n in range(rounds):
         # Traces keep arriving between restarts, so every round has work to be killed in.
         trace_ids += log_traces(10, retriever=True, prefix=f"round{n}-")
         daemon = start_daemon(tmp_path / "daemon.log", "-x", experiment_id, "--interval", "1",
-                              "--workers", "8")  # fmt: skip
+                              "--workers", "8", "--processes", str(processes))  # fmt: skip
         calls = fake_judge.count("ok")
         try:
             if rng.random() < 0.5:  # any moment: start-up, lease, scoring, export, idle
@@ -73,9 +78,13 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_uri, tmp_
                 wait_until(lambda c=calls: fake_judge.count("ok") > c, 15, every_s=0.02)
                 time.sleep(rng.uniform(0.0, 1.5))
             assert daemon.process.poll() is None, daemon.log()[-3000:]
+            left = descendants(daemon.process.pid)
+            scoring_processes_killed += len(left) > processes  # a fork server and its workers
             daemon.process.send_signal(signal.SIGKILL)
         finally:
             daemon.kill()
+        # Scoring processes must not outlive the daemon: they would race its successor.
+        assert wait_until(lambda p=left: not any(alive(pid) for pid in p), 5), left
         found = audit(experiment_id, monitor.monitor_id)
         pending = len(expected_pairs(trace_ids, monitor.monitor_id, RATES)) - len(found.complete)
         rows, _ = export_counts(monitor.export_uri)
@@ -96,6 +105,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(sqlite_uri, tmp_
         f"\n(round, complete verdicts, pending pairs, partial, export rows): {history}"
     )
     assert killed_mid_work >= 3, f"too few kills landed mid-work: {history}"
+    assert scoring_processes_killed >= (3 if processes else 0)
     assert before_final.duplicates() == 0, "a restart wrote a second verdict"
 
 

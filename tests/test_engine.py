@@ -184,8 +184,8 @@ def test_duplicates_from_a_race_are_reconciled_to_one(sqlite_experiment_id):
     from mlflow_monitor_plugin.feedback import FeedbackWriter
 
     writer = FeedbackWriter(m.monitor_id, 1)
-    ((verdict, _),) = b.runner.run([(b.source.fetch([trace_id])[0], spec)])
-    writer.write(b.source.fetch([trace_id])[0], verdict, None)
+    ((verdict, _),) = b.scorer.runner.run([(b.source.fetch([trace_id])[0], spec)])
+    writer.write(verdict, None)
     assert verdict_counts(sqlite_experiment_id, m.monitor_id)[(trace_id, "pii_detection")] == 2
     stats = b.run_pass(now_ms=int(time.time() * 1000) + 1)
     assert stats.duplicates_removed == 1

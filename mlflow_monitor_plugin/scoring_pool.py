@@ -1,0 +1,224 @@
+"""Where judges run: in the daemon's own process, or on a pool of scoring processes.
+
+One judge call through MLflow costs ~5 ms of CPU and logging its verdict ~3 ms more, nearly all
+of it Python holding the GIL, so one process tops out near one core (~90 verdicts a second with
+an instant judge; see BENCHMARKS.md). ``ProcessScorer`` spreads a page's (trace, judge) pairs
+over N processes, by trace: each fetches its traces, runs the judges on its own thread pool, logs
+the verdicts and hands back what happened. The daemon keeps what must have a single owner:
+discovery, the lease, the checkpoint, the export, the judge proxy, and the error feedback of
+failed judges (whether a failure counts against a trace depends on every process's results).
+
+Scoring processes are forked from a fork server that has already imported MLflow, so they start
+in a fraction of a second and share those pages. They ignore SIGINT and SIGTERM (the daemon
+finishes its pass, then stops them) and exit on their own once the daemon is gone, so a killed
+daemon leaves no writer behind to race its successor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+import mlflow
+from mlflow.entities import Trace
+
+from mlflow_monitor_plugin.exceptions import MonitorError
+from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState
+from mlflow_monitor_plugin.judges import JudgeSpec
+from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
+
+_logger = logging.getLogger(__name__)
+
+# trace id -> the judges due on it, each with what the monitor already wrote for it
+Due = dict[str, list[tuple[JudgeSpec, JudgeState | None]]]
+
+
+@dataclass
+class Outcome:
+    """What became of one due (trace, judge): a verdict (logged when ok), or not applicable."""
+
+    verdict: Verdict
+    logged: int = 0
+    applicable: bool = True
+
+
+class Scorer(Protocol):
+    def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+def score_and_write(
+    runner: JudgeRunner,
+    fetch: Callable[[list[str]], list[Trace]],
+    writer: FeedbackWriter,
+    due: Due,
+) -> Iterator[Outcome]:
+    """Fetch the traces, run the judges that apply, log each good verdict as it arrives.
+    Failed verdicts are yielded unwritten: the engine writes them once it knows whether the
+    judge answered anyone in this pass."""
+    traces = {t.info.trace_id: t for t in fetch(list(due))}
+    tasks, states = [], {}
+    for trace_id, pairs in due.items():
+        trace = traces.get(trace_id)
+        for judge, state in pairs:
+            if trace is None or not judge.applies_to(trace):
+                yield Outcome(Verdict(trace_id, judge), applicable=False)
+            else:
+                tasks.append((trace, judge))
+                states[(trace_id, judge.name)] = state
+
+    def write(verdict: Verdict) -> int:
+        if not verdict.ok:
+            return 0
+        return writer.write(verdict, states[(verdict.trace_id, verdict.judge.name)])
+
+    for verdict, logged in runner.run(tasks, then=write):
+        yield Outcome(verdict, logged or 0)
+
+
+class InProcessScorer:
+    """Judges run on a thread pool in the calling process."""
+
+    def __init__(self, runner: JudgeRunner, fetch: Callable[[list[str]], list[Trace]]):
+        self.runner = runner
+        self.fetch = fetch
+
+    def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
+        return score_and_write(self.runner, self.fetch, writer, due)
+
+    def close(self) -> None:
+        pass
+
+
+def split(due: Due, parts: int) -> list[Due]:
+    """``due`` in up to ``parts`` chunks of whole traces, balanced by (trace, judge) pairs."""
+    chunks: list[Due] = [{} for _ in range(max(1, min(parts, len(due))))]
+    loads = [0] * len(chunks)
+    for trace_id, pairs in sorted(due.items(), key=lambda item: -len(item[1])):
+        least = loads.index(min(loads))
+        chunks[least][trace_id] = pairs
+        loads[least] += len(pairs)
+    return [c for c in chunks if c]
+
+
+class ProcessScorer:
+    """Judges run on ``processes`` scoring processes, started on first use."""
+
+    def __init__(self, processes: int, settings: ScoringSettings):
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        self.processes = processes
+        self.settings = settings
+        self._pool: ProcessPoolExecutor | None = None
+        self._lifeline: Connection | None = None  # its other end in every scoring process
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            # MLflow only: this package is imported by each worker once it has the daemon's
+            # sys.path (Python 3.11's fork server ignores it, and could find another copy).
+            context.set_forkserver_preload(["mlflow.genai.scorers"])
+            level = logging.getLogger("mlflow_monitor_plugin").getEffectiveLevel()
+            lifeline, self._lifeline = context.Pipe(duplex=False)
+            self._pool = ProcessPoolExecutor(
+                self.processes,
+                mp_context=context,
+                initializer=_init_worker,
+                # The environment as it is now (the judge proxy's address among it), not as the
+                # fork server found it when it started.
+                initargs=(
+                    self.settings,
+                    dict(os.environ),
+                    mlflow.get_tracking_uri(),
+                    level,
+                    lifeline,
+                ),
+            )
+        return self._pool
+
+    def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
+        if not due:
+            return
+        pool = self._ensure_pool()
+        try:
+            futures = [
+                pool.submit(_score_chunk, writer.monitor_id, writer.config_version, chunk)
+                for chunk in split(due, self.processes)
+            ]
+            for future in as_completed(futures):
+                yield from future.result()
+        except BrokenProcessPool as e:
+            self.close()  # a new pool next time
+            raise MonitorError(f"A scoring process died; the pass will be retried ({e})") from e
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
+
+
+def make_scorer(settings: ScoringSettings) -> ProcessScorer | None:
+    """The daemon's shared process pool, or None to score in each engine's own process."""
+    return ProcessScorer(settings.processes, settings) if settings.processes > 0 else None
+
+
+# -- in a scoring process ----------------------------------------------------------------------
+_runner: JudgeRunner | None = None
+
+
+def _init_worker(
+    settings: ScoringSettings,
+    environ: dict[str, str],
+    tracking_uri: str,
+    log_level: int,
+    lifeline: Connection,
+) -> None:
+    global _runner
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update(environ)
+    mlflow.set_tracking_uri(tracking_uri)
+    from mlflow_monitor_plugin.cli_options import configure_logging
+
+    configure_logging(logging.getLevelName(log_level))
+    _runner = JudgeRunner(settings)
+    threading.Thread(
+        target=_exit_with_daemon, args=(lifeline,), name="mlflow-monitor-lifeline", daemon=True
+    ).start()
+
+
+def _exit_with_daemon(lifeline: Connection) -> None:
+    """Stop at once when the daemon is gone: a verdict written after it died could race the
+    daemon that replaces it. Only the daemon holds the pipe's other end, so its death (even by
+    SIGKILL) is an end of file here. (The pool's own queues cannot tell: every worker holds a
+    write end of them, and the fork server's, so the pool would otherwise outlive the daemon.)"""
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv()
+    os._exit(1)
+
+
+def _score_chunk(monitor_id: str, config_version: int, due: Due) -> list[Outcome]:
+    from mlflow_monitor_plugin.traces import TraceSource
+
+    assert _runner is not None, "not a scoring process"
+    fetch = TraceSource("", mlflow.MlflowClient()).fetch
+    writer = FeedbackWriter(monitor_id, config_version)
+    outcomes = list(score_and_write(_runner, fetch, writer, due))
+    for outcome in outcomes:
+        outcome.verdict.feedbacks = []  # logged here: the daemon only counts them
+    return outcomes

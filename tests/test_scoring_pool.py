@@ -1,0 +1,73 @@
+"""Scoring on a pool of processes: the same verdicts, written once, as scoring in the daemon."""
+
+from collections import Counter
+
+import pytest
+
+from mlflow_monitor_plugin import create_external_monitor
+from mlflow_monitor_plugin.daemon import Daemon
+from mlflow_monitor_plugin.engine import EngineSettings
+from mlflow_monitor_plugin.judges import JudgeSpec, ScorerFactory
+from mlflow_monitor_plugin.scoring import ScoringSettings
+from mlflow_monitor_plugin.scoring_pool import ProcessScorer, split
+from tests.survival import alive, audit
+from tests.traces_factory import log_traces
+
+RATES = {"safety": 1.0, "groundedness": 1.0, "pii_detection": 1.0}
+SUITE = {"assessments": [{"name": name} for name in RATES]}
+
+
+def spec(name):
+    return JudgeSpec(name, 1.0, False, None, frozenset(), ScorerFactory.of("PIIDetection", name))
+
+
+def test_split_keeps_traces_whole_balances_pairs_and_loses_nothing():
+    due = {f"t{i}": [(spec(f"j{k}"), None) for k in range(1 + i % 3)] for i in range(10)}
+    chunks = split(due, 3)
+    assert len(chunks) == 3
+    assert sorted(t for c in chunks for t in c) == sorted(due)
+    assert all(c[t] == due[t] for c in chunks for t in c)
+    loads = [sum(len(p) for p in c.values()) for c in chunks]
+    assert max(loads) - min(loads) <= 1, loads
+    assert split({"only": due["t0"]}, 4) == [{"only": due["t0"]}]
+    assert split({}, 2) == []
+
+
+def test_a_judge_spec_survives_the_trip_to_a_scoring_process():
+    import pickle
+
+    made = spec("pii").make
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert type(made()).__name__ == "PIIDetection"
+
+
+def test_rejects_zero_processes():
+    with pytest.raises(ValueError, match="at least 1"):
+        ProcessScorer(0, ScoringSettings())
+
+
+def test_pool_pass_writes_each_verdict_once_and_retries_failures(sqlite_experiment_id, fake_judge):
+    retrieval = log_traces(6, retriever=True)
+    plain = log_traces(6, retriever=False)
+    monitor = create_external_monitor(catalog_name="w", schema_name="d", assessments_config=SUITE)
+    fake_judge.behaviour.scripted = ["malformed", "malformed"]  # two calls fail, once
+    scoring = ScoringSettings(workers=3, attempts=1, processes=2)
+    daemon = Daemon([sqlite_experiment_id], settings=EngineSettings(export=False, scoring=scoring))
+    try:
+        report = daemon.run_pass()
+        workers = list(daemon.scorer._pool._processes)
+        assert len(workers) == 2 and all(alive(pid) for pid in workers)
+    finally:
+        daemon.release()
+    assert not report.errors
+    (stats,) = report.stats
+    # The pass: 2 failed; its sweep (every pass here) retried them on the pool.
+    assert stats.judges["safety"]["failed"] + stats.judges["groundedness"]["failed"] == 2
+    assert stats.judges["groundedness"]["not_applicable"] == len(plain)
+    assert fake_judge.count("malformed") == 2
+    found = audit(sqlite_experiment_id, monitor.monitor_id)
+    expected = Counter({(t, j): 1 for t in retrieval + plain for j in RATES})
+    expected -= Counter({(t, "groundedness"): 1 for t in plain})  # no retrieval: not applicable
+    assert found.complete == expected
+    assert not found.partial and not found.errors  # the error feedback was replaced
+    assert not any(alive(pid) for pid in workers)  # release() stopped them
