@@ -13,9 +13,12 @@ import mlflow
 from mlflow.entities import Document, SpanType
 
 DOCS = {
-    "tracing": "MLflow Tracing records the inputs, outputs and spans of each request to a GenAI app.",
-    "experiments": "An MLflow experiment groups runs and traces; set it with mlflow.set_experiment.",
-    "feedback": "mlflow.log_feedback attaches a verdict, with its source and rationale, to a trace.",
+    "tracing": "MLflow Tracing records the inputs, outputs and spans of each request "
+    "to a GenAI app.",
+    "experiments": "An MLflow experiment groups runs and traces; "
+    "set it with mlflow.set_experiment.",
+    "feedback": "mlflow.log_feedback attaches a verdict, with its source and rationale, "
+    "to a trace.",
     "ui": "Run `mlflow ui` and open an experiment's Traces tab to see traces and their feedback.",
 }
 

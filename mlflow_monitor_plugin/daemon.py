@@ -137,6 +137,8 @@ class Daemon:
     def run_until_idle(self, max_passes: int = 1000) -> PassReport:
         """``run --once``: passes until nothing new turns up; the last report says what failed."""
         total = PassReport()
+        if self.scorer is not None:
+            self.scorer.start()
         for _ in range(max_passes):
             report = self.run_pass()
             for stats in report.stats:
@@ -168,6 +170,8 @@ class Daemon:
             else "all monitored experiments",
             self.interval_s,
         )
+        if self.scorer is not None:
+            self.scorer.start()
         self.run_pass()
         while not self.stop_flag.is_set():
             scheduler.run_pending()

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
+import urllib3
 
 from mlflow_monitor_plugin.redact import add_secret_url
 from mlflow_monitor_plugin.scoring import RateLimiter, backoff_delay
@@ -79,7 +79,9 @@ class JudgeProxy:
         self._sleep = sleep
         self._limiter = RateLimiter(self.settings.rate_limit)
         self._rng = random.Random()
-        self._local = threading.local()
+        # One pool of keep-alive connections for every handler thread: MLflow's client opens a
+        # new connection per call, so per-thread state would be rebuilt on each call.
+        self._http = urllib3.PoolManager(maxsize=64, block=False, retries=False)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -97,11 +99,7 @@ class JudgeProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+        self._http.clear()
 
     def forward(
         self, path: str, body: bytes, headers: dict[str, str]
@@ -112,20 +110,24 @@ class JudgeProxy:
         for attempt in range(s.attempts):
             self._limiter.wait(self._sleep)
             try:
-                response = self._session().post(
-                    _join(self.upstream, path), data=body, headers=headers, timeout=s.timeout_s
+                response = self._http.request(
+                    "POST",
+                    _join(self.upstream, path),
+                    body=body,
+                    headers=headers,
+                    timeout=urllib3.Timeout(total=s.timeout_s),
                 )
-            except requests.RequestException as e:
-                timed_out = isinstance(e, requests.Timeout)
+            except urllib3.exceptions.HTTPError as e:
+                timed_out = isinstance(e, urllib3.exceptions.TimeoutError)
                 last = f"timed out after {s.timeout_s:g}s" if timed_out else type(e).__name__
                 delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
             else:
-                if response.status_code not in RETRY_STATUSES:
+                if response.status not in RETRY_STATUSES:
                     kept = {
                         "Content-Type": response.headers.get("Content-Type", "application/json")
                     }
-                    return response.status_code, kept, response.content
-                last = f"HTTP {response.status_code}"
+                    return response.status, kept, response.data
+                last = f"HTTP {response.status}"
                 wait = retry_after_seconds(response.headers.get("Retry-After"), time.time())
                 delay = (
                     min(wait, s.retry_after_max_s)
@@ -144,6 +146,7 @@ class JudgeProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
 
             def log_message(self, *args: Any) -> None:  # headers carry the key: log nothing
                 pass

@@ -39,6 +39,12 @@ from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
 
 _logger = logging.getLogger(__name__)
 
+# What the fork server imports for every worker: MLflow's scorers, and what a judge call would
+# otherwise import lazily in each worker (see scoring._preload_lazy_imports). Not this package:
+# a worker imports it once it has the daemon's sys.path (Python 3.11's fork server ignores it,
+# and could find another copy).
+PRELOAD = ["mlflow.genai.scorers", "mlflow.genai.scorers.job", "mlflow.server.jobs.utils"]
+
 # trace id -> the judges due on it, each with what the monitor already wrote for it
 Due = dict[str, list[tuple[JudgeSpec, JudgeState | None]]]
 
@@ -122,30 +128,46 @@ class ProcessScorer:
         self.settings = settings
         self._pool: ProcessPoolExecutor | None = None
         self._lifeline: Connection | None = None  # its other end in every scoring process
+        self._lock = threading.Lock()
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
-            # MLflow only: this package is imported by each worker once it has the daemon's
-            # sys.path (Python 3.11's fork server ignores it, and could find another copy).
-            context.set_forkserver_preload(["mlflow.genai.scorers"])
-            level = logging.getLogger("mlflow_monitor_plugin").getEffectiveLevel()
-            lifeline, self._lifeline = context.Pipe(duplex=False)
-            self._pool = ProcessPoolExecutor(
-                self.processes,
-                mp_context=context,
-                initializer=_init_worker,
-                # The environment as it is now (the judge proxy's address among it), not as the
-                # fork server found it when it started.
-                initargs=(
-                    self.settings,
-                    dict(os.environ),
-                    mlflow.get_tracking_uri(),
-                    level,
-                    lifeline,
-                ),
-            )
+        with self._lock:
+            return self._pool or self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        level = logging.getLogger("mlflow_monitor_plugin").getEffectiveLevel()
+        lifeline, self._lifeline = context.Pipe(duplex=False)
+        self._pool = ProcessPoolExecutor(
+            self.processes,
+            mp_context=context,
+            initializer=_init_worker,
+            # The environment as it is now (the judge proxy's address among it), not as the
+            # fork server found it when it started.
+            initargs=(
+                self.settings,
+                dict(os.environ),
+                mlflow.get_tracking_uri(),
+                level,
+                lifeline,
+            ),
+        )
         return self._pool
+
+    def start(self) -> None:
+        """Start the processes in the background (the fork server takes ~2 s to import MLflow)
+        while the daemon goes on with its first pass."""
+
+        def warm_up() -> None:
+            try:
+                pool = self._ensure_pool()
+                for _ in range(self.processes):
+                    pool.submit(os.getpid)
+            except Exception as e:  # score() will start them, or say why it cannot
+                _logger.debug("Could not start the scoring processes early: %s", e)
+
+        threading.Thread(target=warm_up, name="mlflow-monitor-pool-start", daemon=True).start()
 
     def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
         if not due:
@@ -163,12 +185,13 @@ class ProcessScorer:
             raise MonitorError(f"A scoring process died; the pass will be retried ({e})") from e
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        if self._lifeline is not None:
-            self._lifeline.close()
-            self._lifeline = None
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+            if self._lifeline is not None:
+                self._lifeline.close()
+                self._lifeline = None
 
 
 def make_scorer(settings: ScoringSettings) -> ProcessScorer | None:

@@ -90,6 +90,7 @@ class FakeJudge:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as real servers do: no 40 ms stall on keep-alive
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
