@@ -33,7 +33,8 @@ def _system(r: dict[str, Any]) -> str:
     if r["system"] == "native":
         return "native (mlflow server + huey jobs)"
     store = r.get("store") or r["system"].removeprefix("ours-")
-    return f"ours, {'SQLite file' if store == 'sqlite' else 'REST mlflow server'}"
+    where = "SQLite file" if store == "sqlite" else "REST mlflow server"
+    return f"ours, {where}" + (f", --processes {r['processes']}" if r.get("processes") else "")
 
 
 def write_markdown(s: dict[str, Any], path: Path) -> None:
@@ -218,7 +219,13 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(15, 10))
     axes = axes.flatten()
-    colors = {"native": "#d62728", "ours-sqlite": "#1f77b4", "ours-rest": "#2ca02c"}
+    colors = {
+        "native": "#d62728",
+        "ours-sqlite": "#1f77b4",
+        "ours-rest": "#2ca02c",
+        "ours-sqlite-p2": "#17becf",
+        "ours-rest-p2": "#bcbd22",
+    }
 
     ax = axes[0]
     labels, p50, p95, cols = [], [], [], []
@@ -245,7 +252,7 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
     ax = axes[1]
     rows = s["throughput"]
     cases = sorted({(r["traces"], r["judge_latency_s"]) for r in rows})
-    systems = ["ours-sqlite", "ours-rest", "native"]
+    systems = [*sorted({r["system"] for r in rows} - {"native"}), "native"]
     width = 0.8 / len(systems)
     for k, system in enumerate(systems):
         vals = []
@@ -259,18 +266,18 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
             if match and match[0].get("stuck", len(match[0].get("stalls", [])) >= 3):
                 i = len(vals) - 1
                 ax.text(
-                    i + (k - 1) * width,
+                    i + (k - (len(systems) - 1) / 2) * width,
                     vals[-1] + 2,
                     "stuck\n(deadlock)",
                     ha="center",
                     fontsize=7,
-                    color=colors[system],
+                    color=colors.get(system, "#7f7f7f"),
                 )
         ax.bar(
-            [i + (k - 1) * width for i in range(len(cases))],
+            [i + (k - (len(systems) - 1) / 2) * width for i in range(len(cases))],
             vals,
             width,
-            color=colors[system],
+            color=colors.get(system, "#7f7f7f"),
             label=system,
         )
     for label, v in s["limits"].items():
@@ -296,7 +303,7 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
         and not r.get("stuck", len(r.get("stalls", [])) >= 3)
     ]
     names = [f"{r['system']}\n{r['traces']:,} traces" for r in cost_rows]
-    cols = [colors[r["system"]] for r in cost_rows]
+    cols = [colors.get(r["system"], "#7f7f7f") for r in cost_rows]
     x = list(range(len(cost_rows)))
     ax = axes[2]
     worker = [r["cpu_s_per_1000_verdicts"] for r in cost_rows]
