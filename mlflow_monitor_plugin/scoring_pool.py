@@ -1,8 +1,8 @@
 """Where judges run: in the daemon's own process, or on a pool of scoring processes.
 
 One judge call through MLflow costs ~5 ms of CPU and logging its verdict ~3 ms more, nearly all
-of it Python holding the GIL, so one process tops out near one core (~90 verdicts a second with
-an instant judge; see BENCHMARKS.md). ``ProcessScorer`` spreads a page's (trace, judge) pairs
+of it Python holding the GIL, so one process tops out near one core (~90-120 verdicts a second
+with an instant judge; see BENCHMARKS.md). ``ProcessScorer`` spreads a page's (trace, judge) pairs
 over N processes, by trace: each fetches its traces, runs the judges on its own thread pool, logs
 the verdicts and hands back what happened. The daemon keeps what must have a single owner:
 discovery, the lease, the checkpoint, the export, the judge proxy, and the error feedback of
@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -173,16 +173,26 @@ class ProcessScorer:
         if not due:
             return
         pool = self._ensure_pool()
+        futures = []
         try:
-            futures = [
-                pool.submit(_score_chunk, writer.monitor_id, writer.config_version, chunk)
-                for chunk in split(due, self.processes)
-            ]
+            for chunk in split(due, self.processes):
+                futures.append(
+                    pool.submit(_score_chunk, writer.monitor_id, writer.config_version, chunk)
+                )
             for future in as_completed(futures):
                 yield from future.result()
         except BrokenProcessPool as e:
             self.close()  # a new pool next time
             raise MonitorError(f"A scoring process died; the pass will be retried ({e})") from e
+        finally:
+            # As with threads: when one chunk fails the pass, let the others finish writing
+            # before the daemon retries, so no retry reads a trace a chunk is still writing.
+            wait(futures)
+
+    def pids(self) -> list[int]:
+        """The scoring processes running now."""
+        pool = self._pool
+        return list(getattr(pool, "_processes", None) or {}) if pool else []
 
     def close(self) -> None:
         with self._lock:

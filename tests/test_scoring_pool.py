@@ -55,7 +55,7 @@ def test_pool_pass_writes_each_verdict_once_and_retries_failures(sqlite_experime
     daemon = Daemon([sqlite_experiment_id], settings=EngineSettings(export=False, scoring=scoring))
     try:
         report = daemon.run_pass()
-        workers = list(daemon.scorer._pool._processes)
+        workers = daemon.scorer.pids()
         assert len(workers) == 2 and all(alive(pid) for pid in workers)
     finally:
         daemon.release()
