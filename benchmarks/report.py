@@ -292,7 +292,7 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
     )
     ax.set_ylabel("verdicts / s")
     ax.set_title("Throughput (3 judges per trace)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
 
     # Cost of the runs that finished or ran to their cap (not the stuck ones), instant judge.
     cost_rows = [
@@ -312,13 +312,13 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
     ]
     ax.bar(x, total, 0.6, color=cols, alpha=0.35, label="+ tracking server (REST, AI Gateway)")
     ax.bar(x, worker, 0.6, color=cols, label="monitor worker processes")
-    ax.set_xticks(x, names, fontsize=8)
+    ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("CPU seconds per 1,000 verdicts")
     ax.set_title("CPU per 1,000 verdicts, instant judge")
     ax.legend(fontsize=8)
     ax = axes[3]
     ax.bar(x, [r["cost"]["worker"]["peak_pss_mb"] for r in cost_rows], 0.6, color=cols)
-    ax.set_xticks(x, names, fontsize=8)
+    ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("MB (PSS, summed over the process tree)")
     ax.set_title("Peak memory of the monitor's processes, instant judge")
     fig.suptitle(
