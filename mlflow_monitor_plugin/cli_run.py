@@ -121,7 +121,8 @@ def run_command(
 
     configure_logging(log_level)
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine))
-    with judge_proxy(ProxySettings(rate_limit=engine["rate_limit"])):
+    calls = engine["workers"] * max(1, engine["processes"])  # at once, at most
+    with judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)):
         _run(daemon, once)
 
 

@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import requests.certs
+import requests.utils
 import urllib3
 
 from mlflow_monitor_plugin.redact import add_secret_url
@@ -48,6 +50,7 @@ class ProxySettings:
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 120.0
+    connections: int = 16  # kept alive to the judge: at least the concurrent judge calls
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -80,8 +83,9 @@ class JudgeProxy:
         self._limiter = RateLimiter(self.settings.rate_limit)
         self._rng = random.Random()
         # One pool of keep-alive connections for every handler thread: MLflow's client opens a
-        # new connection per call, so per-thread state would be rebuilt on each call.
-        self._http = urllib3.PoolManager(maxsize=64, block=False, retries=False)
+        # new connection per call, so per-thread state would be rebuilt (and, against a real
+        # endpoint, a TLS handshake made) on every call.
+        self._http = _connection_pool(self.upstream, self.settings.connections)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -117,7 +121,7 @@ class JudgeProxy:
                     headers=headers,
                     timeout=urllib3.Timeout(total=s.timeout_s),
                 )
-            except urllib3.exceptions.HTTPError as e:
+            except Exception as e:  # only its type is reported: a message may quote a header
                 timed_out = isinstance(e, urllib3.exceptions.TimeoutError)
                 last = f"timed out after {s.timeout_s:g}s" if timed_out else type(e).__name__
                 delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
@@ -164,6 +168,21 @@ class JudgeProxy:
                 self.wfile.write(payload)
 
         return Handler
+
+
+def _connection_pool(upstream: str, connections: int) -> urllib3.PoolManager:
+    """Connections to ``upstream`` with the CA bundle and the proxy (``HTTPS_PROXY``,
+    ``NO_PROXY``...) that MLflow's own client, a requests session, would use."""
+    ca_certs = (
+        os.environ.get("REQUESTS_CA_BUNDLE")
+        or os.environ.get("CURL_CA_BUNDLE")
+        or requests.certs.where()
+    )
+    options: dict[str, Any] = {
+        "maxsize": connections, "block": False, "retries": False, "ca_certs": ca_certs
+    }  # fmt: skip
+    proxy = requests.utils.get_environ_proxies(upstream).get(urlsplit(upstream).scheme)
+    return urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
 
 
 def _join(upstream: str, path: str) -> str:

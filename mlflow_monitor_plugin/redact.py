@@ -29,6 +29,11 @@ def add_secret_url(url: str) -> None:
     _secret_urls.add(url)
 
 
+def secret_urls() -> set[str]:
+    """The URLs given to ``add_secret_url`` (a scoring process needs them too)."""
+    return set(_secret_urls)
+
+
 def _url_credentials(url: str) -> set[str]:
     try:
         parts = urlsplit(url)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Protocol
 
@@ -35,6 +36,7 @@ from mlflow.entities import Trace
 from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState
 from mlflow_monitor_plugin.judges import JudgeSpec
+from mlflow_monitor_plugin.redact import add_secret_url, secret_urls
 from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
 
 _logger = logging.getLogger(__name__)
@@ -129,35 +131,14 @@ class ProcessScorer:
         self._pool: ProcessPoolExecutor | None = None
         self._lifeline: Connection | None = None  # its other end in every scoring process
         self._lock = threading.Lock()
-
-    def _ensure_pool(self) -> ProcessPoolExecutor:
-        with self._lock:
-            return self._pool or self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        level = logging.getLogger("mlflow_monitor_plugin").getEffectiveLevel()
-        lifeline, self._lifeline = context.Pipe(duplex=False)
-        self._pool = ProcessPoolExecutor(
-            self.processes,
-            mp_context=context,
-            initializer=_init_worker,
-            # The environment as it is now (the judge proxy's address among it), not as the
-            # fork server found it when it started.
-            initargs=(
-                self.settings,
-                dict(os.environ),
-                mlflow.get_tracking_uri(),
-                level,
-                lifeline,
-            ),
-        )
-        return self._pool
+        self._warm_up: threading.Thread | None = None
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(PRELOAD)
 
     def start(self) -> None:
-        """Start the processes in the background (the fork server takes ~2 s to import MLflow)
-        while the daemon goes on with its first pass."""
+        """Start the fork server now, and the processes in the background (the fork server
+        takes ~2 s to import MLflow) while the daemon goes on with its first pass."""
+        _start_fork_server()
 
         def warm_up() -> None:
             try:
@@ -167,9 +148,28 @@ class ProcessScorer:
             except Exception as e:  # score() will start them, or say why it cannot
                 _logger.debug("Could not start the scoring processes early: %s", e)
 
-        threading.Thread(target=warm_up, name="mlflow-monitor-pool-start", daemon=True).start()
+        self._warm_up = threading.Thread(target=warm_up, name="mlflow-monitor-pool-start")
+        self._warm_up.start()
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            return self._pool or self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        level = logging.getLogger("mlflow_monitor_plugin").getEffectiveLevel()
+        lifeline, self._lifeline = self._context.Pipe(duplex=False)
+        # The environment as it is now (the judge proxy's address among it), not as the fork
+        # server found it when it started; and the secrets this process knows of.
+        environ = (dict(os.environ), sorted(secret_urls()))
+        initargs = (self.settings, environ, mlflow.get_tracking_uri(), level, lifeline)
+        self._pool = ProcessPoolExecutor(
+            self.processes, mp_context=self._context, initializer=_init_worker, initargs=initargs
+        )
+        return self._pool
 
     def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
+        """Score ``due`` on the pool. Each process logs with its own ``FeedbackWriter`` for
+        ``writer``'s monitor and config version."""
         if not due:
             return
         pool = self._ensure_pool()
@@ -182,7 +182,7 @@ class ProcessScorer:
             for future in as_completed(futures):
                 yield from future.result()
         except BrokenProcessPool as e:
-            self.close()  # a new pool next time
+            self.close(cut_lifeline_first=True)  # a new pool next time
             raise MonitorError(f"A scoring process died; the pass will be retried ({e})") from e
         finally:
             # As with threads: when one chunk fails the pass, let the others finish writing
@@ -194,14 +194,38 @@ class ProcessScorer:
         pool = self._pool
         return list(getattr(pool, "_processes", None) or {}) if pool else []
 
-    def close(self) -> None:
+    def close(self, cut_lifeline_first: bool = False) -> None:
+        """Stop the processes after their work in hand. ``cut_lifeline_first`` when one died:
+        the others then exit at once (they ignore SIGTERM, which is how the pool would stop
+        them), instead of finishing a chunk whose pass has already failed."""
+        if self._warm_up is not None:
+            self._warm_up.join()
+            self._warm_up = None
         with self._lock:
+            if cut_lifeline_first:
+                self._cut_lifeline()
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
-            if self._lifeline is not None:
-                self._lifeline.close()
-                self._lifeline = None
+            self._cut_lifeline()
+
+    def _cut_lifeline(self) -> None:
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
+
+
+def _start_fork_server() -> None:
+    """Start the fork server with SIGTERM ignored, which it and its workers inherit: a service
+    manager that sends SIGTERM to every process of the service (systemd does) must leave the
+    pass in flight to the daemon, which stops the workers once the pass is done."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal dispositions are the main thread's to change; the pool starts it
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_scorer(settings: ScoringSettings) -> ProcessScorer | None:
@@ -215,7 +239,7 @@ _runner: JudgeRunner | None = None
 
 def _init_worker(
     settings: ScoringSettings,
-    environ: dict[str, str],
+    environ: tuple[dict[str, str], list[str]],
     tracking_uri: str,
     log_level: int,
     lifeline: Connection,
@@ -223,8 +247,11 @@ def _init_worker(
     global _runner
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    variables, urls = environ
     os.environ.clear()
-    os.environ.update(environ)
+    os.environ.update(variables)
+    for url in urls:
+        add_secret_url(url)
     mlflow.set_tracking_uri(tracking_uri)
     from mlflow_monitor_plugin.cli_options import configure_logging
 
@@ -248,8 +275,9 @@ def _exit_with_daemon(lifeline: Connection) -> None:
 def _score_chunk(monitor_id: str, config_version: int, due: Due) -> list[Outcome]:
     from mlflow_monitor_plugin.traces import TraceSource
 
-    assert _runner is not None, "not a scoring process"
-    fetch = TraceSource("", mlflow.MlflowClient()).fetch
+    if _runner is None:
+        raise RuntimeError("_score_chunk runs in a scoring process (see _init_worker)")
+    fetch = TraceSource("", mlflow.MlflowClient()).fetch  # fetch by id needs no experiment
     writer = FeedbackWriter(monitor_id, config_version)
     outcomes = list(score_and_write(_runner, fetch, writer, due))
     for outcome in outcomes:

@@ -45,6 +45,7 @@ class FakeJudge:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.times: list[float] = []  # time.monotonic() of each request's arrival
+        self.peers: list[tuple[str, int]] = []  # the client's address: one per connection
         self.served: dict[str, int] = {}
         self._lock = threading.Lock()
         self._random = random.Random(self.behaviour.seed)
@@ -78,8 +79,11 @@ class FakeJudge:
                 return self._random.choice(b.faults)
         return None
 
-    def _record(self, outcome: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def _record(
+        self, outcome: str, body: dict[str, Any], headers: dict[str, str], peer: Any = None
+    ) -> None:
         with self._lock:
+            self.peers.append(peer)
             self.served[outcome] = self.served.get(outcome, 0) + 1
             self.requests.append(body)
             self.headers.append(headers)
@@ -106,7 +110,7 @@ class FakeJudge:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 fault = judge._next_fault()
-                judge._record(fault or "ok", body, dict(self.headers))
+                judge._record(fault or "ok", body, dict(self.headers), self.client_address)
                 behaviour = judge.behaviour
                 if behaviour.latency_s:
                     time.sleep(behaviour.latency_s)

@@ -217,8 +217,10 @@ class FaultyJudge(FakeJudge):
         forced = self.poison(getattr(self._current, "body", "")) if self.poison else None
         return forced or super()._next_fault()
 
-    def _record(self, outcome: str, body: dict[str, Any], headers: dict[str, str]) -> None:
-        super()._record(outcome, body, headers)
+    def _record(
+        self, outcome: str, body: dict[str, Any], headers: dict[str, str], peer: Any = None
+    ) -> None:
+        super()._record(outcome, body, headers, peer)
         with self._lock:
             self.arrivals.append((time.monotonic(), outcome))
 

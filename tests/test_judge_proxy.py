@@ -2,6 +2,7 @@ import logging
 import os
 
 import pytest
+import requests
 from mlflow.genai.scorers import Safety
 
 from mlflow_monitor_plugin.judge_proxy import (
@@ -87,3 +88,27 @@ def test_mlflow_judges_go_through_the_proxy_and_keys_stay_out_of_logs(fake_judge
     sent = {k.lower(): v for k, v in fake_judge.headers[-1].items()}
     assert sent["authorization"] == f"Bearer {key}"
     assert key not in caplog.text
+
+
+def test_proxy_keeps_one_upstream_connection_across_callers(fake_judge):
+    """MLflow's client opens a connection per call; the proxy must not do the same upstream."""
+    proxy = JudgeProxy(fake_judge.url).start()
+    try:
+        for _ in range(5):
+            reply = requests.post(f"{proxy.url}/chat/completions", json={"messages": []})
+            assert reply.status_code == 200
+    finally:
+        proxy.stop()
+    assert len(fake_judge.peers) == 5 and len(set(fake_judge.peers)) == 1
+
+
+def test_proxy_goes_through_the_environments_http_proxy(fake_judge, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake_judge.url.removesuffix("/v1"))  # it answers as one
+    proxy = JudgeProxy("http://judge.invalid/v1").start()
+    try:
+        status, _, _ = post(proxy, fake_judge)
+    finally:
+        proxy.stop()
+    assert status == 200 and fake_judge.count("ok") == 1

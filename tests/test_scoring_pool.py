@@ -1,7 +1,14 @@
 """Scoring on a pool of processes: the same verdicts, written once, as scoring in the daemon."""
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
 from collections import Counter
 
+import mlflow
 import pytest
 
 from mlflow_monitor_plugin import create_external_monitor
@@ -10,7 +17,7 @@ from mlflow_monitor_plugin.engine import EngineSettings
 from mlflow_monitor_plugin.judges import JudgeSpec, ScorerFactory
 from mlflow_monitor_plugin.scoring import ScoringSettings
 from mlflow_monitor_plugin.scoring_pool import ProcessScorer, split
-from tests.survival import alive, audit
+from tests.survival import alive, audit, daemon_env, wait_until
 from tests.traces_factory import log_traces
 
 RATES = {"safety": 1.0, "groundedness": 1.0, "pii_detection": 1.0}
@@ -71,3 +78,62 @@ def test_pool_pass_writes_each_verdict_once_and_retries_failures(sqlite_experime
     assert found.complete == expected
     assert not found.partial and not found.errors  # the error feedback was replaced
     assert not any(alive(pid) for pid in workers)  # release() stopped them
+
+
+def test_a_killed_scoring_process_fails_the_pass_and_the_next_pass_completes(
+    sqlite_experiment_id, fake_judge
+):
+    fake_judge.behaviour.latency_s = 0.05
+    ids = log_traces(30, retriever=False)
+    monitor = create_external_monitor(
+        catalog_name="w", schema_name="d", assessments_config={"assessments": [{"name": "safety"}]}
+    )
+    scoring = ScoringSettings(workers=2, attempts=1, processes=2)
+    daemon = Daemon([sqlite_experiment_id], settings=EngineSettings(export=False, scoring=scoring))
+    reports = []
+    try:
+        calls = threading.Thread(target=lambda: reports.append(daemon.run_pass()))
+        calls.start()
+        assert wait_until(lambda: fake_judge.count("ok") >= 4, 30)
+        victim, survivor = daemon.scorer.pids()
+        os.kill(victim, signal.SIGKILL)
+        calls.join(60)
+        assert not calls.is_alive(), "the pass hung on the broken pool"
+        assert "scoring process died" in reports[0].errors[sqlite_experiment_id]
+        assert wait_until(lambda: not alive(survivor), 5)  # cut off, not left writing
+        daemon.health.clear()  # no backoff: retry now
+        assert not daemon.run_pass().errors
+    finally:
+        daemon.release()
+    found = audit(sqlite_experiment_id, monitor.monitor_id)
+    assert found.complete == Counter({(t, "safety"): 1 for t in ids})
+    assert not found.partial and not found.errors
+
+
+def test_sigterm_to_the_whole_service_lets_the_pass_finish(sqlite_uri, tmp_path, fake_judge):
+    """systemd stops a service by sending SIGTERM to all of its processes, workers included."""
+    fake_judge.behaviour.latency_s = 0.05
+    mlflow.set_experiment("sigterm-all")
+    monitor = create_external_monitor(
+        catalog_name="w", schema_name="d", assessments_config={"assessments": [{"name": "safety"}]}
+    )
+    ids = log_traces(40, retriever=False)
+    cmd = [sys.executable, "-m", "mlflow_monitor_plugin.cli", "run", "-x", monitor.experiment_id,
+           "--processes", "2", "--workers", "2"]  # fmt: skip
+    with open(tmp_path / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen(
+            cmd, env=daemon_env(), stdout=log, stderr=log, start_new_session=True
+        )
+        try:
+            assert wait_until(lambda: fake_judge.count("ok") >= 4, 60)
+            os.killpg(daemon.pid, signal.SIGTERM)
+            assert daemon.wait(60) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+    text = (tmp_path / "daemon.log").read_text()
+    assert "scoring process died" not in text and "Traceback" not in text, text[-3000:]
+    found = audit(monitor.experiment_id, monitor.monitor_id)
+    assert not found.partial and not found.errors and found.duplicates() == 0
+    assert set(found.complete) <= {(t, "safety") for t in ids}
+    assert found.complete, "the pass in flight was finished"
