@@ -32,6 +32,15 @@ JUDGE_KEY = "mlflow_monitor.judge"
 VERDICT_KEY = "mlflow_monitor.verdict_id"
 PARTS_KEY = "mlflow_monitor.parts"
 
+# Two LLM judges and a deterministic one: what the fault and secret tests run.
+MIXED_SUITE = {
+    "assessments": [
+        {"name": "safety"},
+        {"guidelines": {"polite": ["The response is polite."]}},
+        {"name": "pii_detection"},
+    ]
+}
+
 
 @dataclass
 class Daemon:

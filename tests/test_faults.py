@@ -15,6 +15,7 @@ from mlflow_monitor_plugin.cli import monitor as monitor_cli
 from tests.conftest import MlflowServer, _use_tracking_uri, free_port
 from tests.fake_judge import JudgeBehaviour
 from tests.survival import (
+    MIXED_SUITE,
     FaultyJudge,
     audit,
     daemon_env,
@@ -28,13 +29,6 @@ from tests.traces_factory import log_traces
 
 LLM_RATES = {"safety": 1.0, "polite": 1.0}
 RATES = {**LLM_RATES, "pii_detection": 1.0}
-SUITE = {
-    "assessments": [
-        {"name": "safety"},
-        {"guidelines": {"polite": ["The response is polite."]}},
-        {"name": "pii_detection"},
-    ]
-}
 
 
 @pytest.fixture
@@ -46,7 +40,7 @@ def judge(monkeypatch):
         yield j
 
 
-def make_monitor(suite=SUITE):
+def make_monitor(suite=MIXED_SUITE):
     return create_external_monitor(catalog_name="w", schema_name="d", assessments_config=suite)
 
 

@@ -18,16 +18,15 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin import create_external_monitor
 from mlflow_monitor_plugin.tags import CONFIG_TAG
-from tests.survival import FaultyJudge, all_traces, audit, daemon_env, run_cli
+from tests.survival import (
+    MIXED_SUITE,
+    FaultyJudge,
+    all_traces,
+    audit,
+    daemon_env,
+    run_cli,
+)
 from tests.traces_factory import log_traces
-
-SUITE = {
-    "assessments": [
-        {"name": "safety"},
-        {"guidelines": {"polite": ["The response is polite."]}},
-        {"name": "pii_detection"},
-    ]
-}
 
 
 @pytest.fixture
@@ -75,7 +74,7 @@ def echo_credentials(path: str, headers: dict[str, str], body: str):
 
 def monitored_traces():
     mlflow.set_experiment(f"secrets-{uuid.uuid4().hex[:8]}")
-    m = create_external_monitor(catalog_name="w", schema_name="d", assessments_config=SUITE)
+    m = create_external_monitor(catalog_name="w", schema_name="d", assessments_config=MIXED_SUITE)
     ids = log_traces(3, retriever=False, prefix="fine")
     ids += log_traces(2, retriever=False, prefix="LEAK")
     ids += log_traces(2, retriever=False, prefix="GARBLED")
