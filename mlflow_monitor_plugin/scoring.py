@@ -103,6 +103,10 @@ def _error_code(exc: BaseException) -> str:
     return str(code) if code else type(exc).__name__
 
 
+# What MLflow 3.17's first judge call imports lazily (see _preload_lazy_imports).
+LAZY_IMPORTS = ("mlflow.genai.scorers.job", "mlflow.server.jobs.utils")
+
+
 def _preload_lazy_imports() -> None:
     """Import, in this thread, what MLflow's judge call imports lazily on first use.
 
@@ -112,7 +116,7 @@ def _preload_lazy_imports() -> None:
     while waiting for the hook lock. Two worker threads can so deadlock for good. Importing
     the module once up front removes the first half of that inversion.
     """
-    for module in ("mlflow.genai.scorers.job", "mlflow.server.jobs.utils"):
+    for module in LAZY_IMPORTS:
         try:
             importlib.import_module(module)
         except Exception as e:  # an optional part of MLflow: nothing to preload

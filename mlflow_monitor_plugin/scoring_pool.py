@@ -37,7 +37,7 @@ from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState
 from mlflow_monitor_plugin.judges import JudgeSpec
 from mlflow_monitor_plugin.redact import add_secret_url, secret_urls
-from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings, Verdict
+from mlflow_monitor_plugin.scoring import LAZY_IMPORTS, JudgeRunner, ScoringSettings, Verdict
 
 _logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ _logger = logging.getLogger(__name__)
 # otherwise import lazily in each worker (see scoring._preload_lazy_imports). Not this package:
 # a worker imports it once it has the daemon's sys.path (Python 3.11's fork server ignores it,
 # and could find another copy).
-PRELOAD = ["mlflow.genai.scorers", "mlflow.genai.scorers.job", "mlflow.server.jobs.utils"]
+PRELOAD = ["mlflow.genai.scorers", *LAZY_IMPORTS]
 
 # trace id -> the judges due on it, each with what the monitor already wrote for it
 Due = dict[str, list[tuple[JudgeSpec, JudgeState | None]]]
