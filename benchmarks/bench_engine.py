@@ -98,9 +98,9 @@ def measure_latency(root: Path, traces: int, interval: float) -> dict:
 
 
 def measure_throughput(root: Path, traces: int, workers: int) -> dict:
-    from mlflow_monitor_plugin.daemon import Daemon
-    from mlflow_monitor_plugin.engine import EngineSettings
-    from mlflow_monitor_plugin.scoring import ScoringSettings
+    from mlflow_monitor_plugin.engine.daemon import Daemon
+    from mlflow_monitor_plugin.engine.pipeline import EngineSettings
+    from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 
     uri = f"sqlite:///{root / 'throughput.db'}"
     mlflow.set_tracking_uri(uri)

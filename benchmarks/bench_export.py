@@ -33,7 +33,7 @@ from mlflow.entities import AssessmentSource, Span, SpanType, Trace
 from mlflow.tracing.client import TracingClient
 from mlflow.tracking import MlflowClient
 
-from mlflow_monitor_plugin.export import ParquetExporter
+from mlflow_monitor_plugin.export.parquet import ParquetExporter
 
 EXPORTED_AT_MS = 1_800_000_000_000
 DAY_MS = 86_400_000

@@ -5,14 +5,14 @@ The monitor API follows ``databricks.agents.monitoring``::
     from mlflow_monitor_plugin import create_external_monitor, AssessmentsSuiteConfig, BuiltinJudge
 """
 
-from mlflow_monitor_plugin.api import (
+from mlflow_monitor_plugin.config.api import (
     create_external_monitor,
     delete_external_monitor,
     get_external_monitor,
     list_external_monitors,
     update_external_monitor,
 )
-from mlflow_monitor_plugin.config import (
+from mlflow_monitor_plugin.config.model import (
     AssessmentsSuiteConfig,
     BuiltinJudge,
     ExternalMonitor,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import duckdb
 import mlflow
 
-from mlflow_monitor_plugin.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from tests.fake_judge import FakeJudge, JudgeBehaviour
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from mlflow_monitor_plugin import (
     list_external_monitors,
     update_external_monitor,
 )
-from mlflow_monitor_plugin.tags import CONFIG_TAG, NAMESPACE
+from mlflow_monitor_plugin.config.tags import CONFIG_TAG, NAMESPACE
 
 
 def databricks_suite():

@@ -18,10 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin import create_external_monitor
 from mlflow_monitor_plugin.cli import monitor as monitor_cli
-from mlflow_monitor_plugin.daemon import Daemon
-from mlflow_monitor_plugin.engine import EngineSettings
-from mlflow_monitor_plugin.scoring import ScoringSettings
-from mlflow_monitor_plugin.tags import CONFIG_TAG
+from mlflow_monitor_plugin.config.tags import CONFIG_TAG
+from mlflow_monitor_plugin.engine.daemon import Daemon
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.survival import (
     audit,
     expected_pairs,

@@ -1,6 +1,6 @@
 import pytest
 
-from mlflow_monitor_plugin.checkpoint import Checkpoint, lag_ms, sweep_floor_ms
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms, sweep_floor_ms
 from mlflow_monitor_plugin.exceptions import MonitorStorageError
 
 

@@ -12,11 +12,11 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin import create_external_monitor, delete_external_monitor
 from mlflow_monitor_plugin.cli import monitor as monitor_cli
-from mlflow_monitor_plugin.daemon import Daemon
-from mlflow_monitor_plugin.engine import EngineSettings
-from mlflow_monitor_plugin.feedback import JUDGE_KEY, MONITOR_KEY, VERDICT_KEY
-from mlflow_monitor_plugin.scoring import ScoringSettings
-from mlflow_monitor_plugin.tags import CONFIG_TAG
+from mlflow_monitor_plugin.config.tags import CONFIG_TAG
+from mlflow_monitor_plugin.engine.daemon import Daemon
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings
+from mlflow_monitor_plugin.scoring.feedback import JUDGE_KEY, MONITOR_KEY, VERDICT_KEY
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.traces_factory import feedback_by_trace, log_traces
 
 REPO = Path(__file__).resolve().parent.parent

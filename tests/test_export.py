@@ -21,12 +21,12 @@ from mlflow.entities import AssessmentSource, Feedback, SpanType, Trace
 from mlflow.entities.trace_data import TraceData
 
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorConfigError
-from mlflow_monitor_plugin.export import (
+from mlflow_monitor_plugin.export import make_exporter
+from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.export.rows import (
     ARROW_SCHEMA,
     EXPORT_SCHEMA_VERSION,
     TABLE_SCHEMA,
-    ParquetExporter,
-    make_exporter,
     partition_date,
     to_json_text,
     trace_to_row,

@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from mlflow_monitor_plugin.sampling import is_sampled, sample_point
+from mlflow_monitor_plugin.discovery.sampling import is_sampled, sample_point
 
 TRACE_IDS = [f"tr-{uuid.UUID(int=i).hex}" for i in range(5000)]
 

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin import create_external_monitor
-from mlflow_monitor_plugin.tags import CONFIG_TAG
+from mlflow_monitor_plugin.config.tags import CONFIG_TAG
 from tests.survival import (
     MIXED_SUITE,
     FaultyJudge,

@@ -1,7 +1,7 @@
 import mlflow
 
-from mlflow_monitor_plugin.checkpoint import Checkpoint
-from mlflow_monitor_plugin.traces import TraceSource
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.traces import TraceSource
 from tests.traces_factory import log_traces
 
 

@@ -34,10 +34,10 @@ import mlflow
 from mlflow.entities import Trace
 
 from mlflow_monitor_plugin.exceptions import MonitorError
-from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState
-from mlflow_monitor_plugin.judges import JudgeSpec
 from mlflow_monitor_plugin.redact import add_secret_url, secret_urls
-from mlflow_monitor_plugin.scoring import LAZY_IMPORTS, JudgeRunner, ScoringSettings, Verdict
+from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec
+from mlflow_monitor_plugin.scoring.runner import LAZY_IMPORTS, JudgeRunner, ScoringSettings, Verdict
 
 _logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def _init_worker(
     for url in urls:
         add_secret_url(url)
     mlflow.set_tracking_uri(tracking_uri)
-    from mlflow_monitor_plugin.cli_options import configure_logging
+    from mlflow_monitor_plugin.redact import configure_logging
 
     configure_logging(logging.getLevelName(log_level))
     _runner = JudgeRunner(settings)
@@ -273,7 +273,7 @@ def _exit_with_daemon(lifeline: Connection) -> None:
 
 
 def _score_chunk(monitor_id: str, config_version: int, due: Due) -> list[Outcome]:
-    from mlflow_monitor_plugin.traces import TraceSource
+    from mlflow_monitor_plugin.discovery.traces import TraceSource
 
     if _runner is None:
         raise RuntimeError("_score_chunk runs in a scoring process (see _init_worker)")

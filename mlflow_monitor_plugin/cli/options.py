@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from mlflow_monitor_plugin.exceptions import MonitorError
-from mlflow_monitor_plugin.redact import RedactingFilter
 
 
 def experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,17 +50,6 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(message) from e
 
     return wrapper
-
-
-def configure_logging(level: str) -> None:
-    """Log lines to stderr, with credential values masked."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("mlflow_monitor_plugin").setLevel(level.upper())
 
 
 def log_level_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,11 +12,11 @@ import mlflow
 import pytest
 
 from mlflow_monitor_plugin import create_external_monitor
-from mlflow_monitor_plugin.daemon import Daemon
-from mlflow_monitor_plugin.engine import EngineSettings
-from mlflow_monitor_plugin.judges import JudgeSpec, ScorerFactory
-from mlflow_monitor_plugin.scoring import ScoringSettings
-from mlflow_monitor_plugin.scoring_pool import ProcessScorer, split
+from mlflow_monitor_plugin.engine.daemon import Daemon
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec, ScorerFactory
+from mlflow_monitor_plugin.scoring.pool import ProcessScorer, split
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.survival import alive, audit, daemon_env, wait_until
 from tests.traces_factory import log_traces
 

@@ -16,8 +16,8 @@ from mlflow_monitor_plugin.exceptions import ExportError, MonitorConfigError
 if TYPE_CHECKING:
     from mlflow.entities import Trace
 
-from mlflow_monitor_plugin.export import _in_range, _io_errors
-from mlflow_monitor_plugin.export_rows import (
+from mlflow_monitor_plugin.export.base import in_range, io_errors
+from mlflow_monitor_plugin.export.rows import (
     PARTITION_COLUMN,
     ROWS_PER_ROW_GROUP,
     TABLE_SCHEMA,
@@ -59,7 +59,7 @@ class DeltaExporter:
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        with _io_errors(action, self.export_uri):
+        with io_errors(action, self.export_uri):
             try:
                 yield
             except self._delta.exceptions.DeltaError as e:
@@ -122,7 +122,7 @@ class DeltaExporter:
             rows: list[dict[str, Any]] = []
             seen: set[str] = set()
             for row in (trace_to_row(t, exported_at_ms) for t in traces_by_date):
-                if _in_range(row[PARTITION_COLUMN], date_from, date_to) and (
+                if in_range(row[PARTITION_COLUMN], date_from, date_to) and (
                     row["trace_id"] not in seen
                 ):
                     seen.add(row["trace_id"])

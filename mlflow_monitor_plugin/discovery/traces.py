@@ -15,7 +15,7 @@ from mlflow.entities import Trace, TraceInfo
 from mlflow.tracing.constant import TraceMetadataKey
 from mlflow.tracking import MlflowClient
 
-from mlflow_monitor_plugin.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 
 _logger = logging.getLogger(__name__)
 

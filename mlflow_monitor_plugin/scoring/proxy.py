@@ -31,7 +31,7 @@ import requests.utils
 import urllib3
 
 from mlflow_monitor_plugin.redact import add_secret_url
-from mlflow_monitor_plugin.scoring import RateLimiter, backoff_delay
+from mlflow_monitor_plugin.scoring.runner import RateLimiter, backoff_delay
 
 _logger = logging.getLogger(__name__)
 

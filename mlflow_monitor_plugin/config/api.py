@@ -16,18 +16,18 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_monitor_plugin.config import (
+from mlflow_monitor_plugin.config.model import (
     AssessmentsSuiteConfig,
     ExternalMonitor,
     check_identifier,
 )
+from mlflow_monitor_plugin.config.tags import CONFIG_TAG, MonitorTags
 from mlflow_monitor_plugin.exceptions import (
     MonitorConfigError,
     MonitorExistsError,
     MonitorNotFoundError,
     MonitorStorageError,
 )
-from mlflow_monitor_plugin.tags import CONFIG_TAG, MonitorTags
 
 _logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_monitor_plugin.config import ExternalMonitor
+from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.exceptions import (
     MonitorConfigError,
     MonitorNotFoundError,

@@ -13,15 +13,15 @@ from typing import Any
 
 import mlflow
 
-from mlflow_monitor_plugin import api
-from mlflow_monitor_plugin.checkpoint import lag_ms
-from mlflow_monitor_plugin.engine import MonitorEngine
-from mlflow_monitor_plugin.feedback import judge_states
-from mlflow_monitor_plugin.judge_proxy import judge_proxy
-from mlflow_monitor_plugin.judges import build_judges, llm_endpoint_configured
-from mlflow_monitor_plugin.sampling import is_sampled
-from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings
-from mlflow_monitor_plugin.traces import TraceSource
+from mlflow_monitor_plugin.config import api
+from mlflow_monitor_plugin.discovery.checkpoint import lag_ms
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.traces import TraceSource
+from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+from mlflow_monitor_plugin.scoring.feedback import judge_states
+from mlflow_monitor_plugin.scoring.judges import build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.scoring.proxy import judge_proxy
+from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 
 DEMO_EXPERIMENT = "mlflow-monitor-demo"
 
@@ -122,7 +122,7 @@ def load_example_app() -> ModuleType:
 
 def demo(traces: int, echo: Callable[[str], None]) -> dict[str, Any]:
     """Log traces from the example app, monitor them, and summarise the verdicts."""
-    from mlflow_monitor_plugin.daemon import Daemon
+    from mlflow_monitor_plugin.engine.daemon import Daemon
 
     app = load_example_app()
     experiment_id = mlflow.set_experiment(DEMO_EXPERIMENT).experiment_id

@@ -13,9 +13,11 @@ from typing import Any
 
 import click
 
-from mlflow_monitor_plugin import api, cli_export, cli_run
-from mlflow_monitor_plugin.cli_options import experiment_options, handle_errors, output_option
-from mlflow_monitor_plugin.config import AssessmentsSuiteConfig, ExternalMonitor
+from mlflow_monitor_plugin.cli import export as cli_export
+from mlflow_monitor_plugin.cli import run as cli_run
+from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
+from mlflow_monitor_plugin.config import api
+from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, ExternalMonitor
 
 
 def suite_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -289,6 +291,3 @@ def main() -> None:
     """Entry point of the standalone ``mlflow-monitor`` command."""
     monitor(prog_name="mlflow-monitor")
 
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 
-from mlflow_monitor_plugin.cli_options import experiment_options, handle_errors
+from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors
 
 
 def _date(value: dt.datetime | None) -> dt.date | None:
@@ -40,10 +40,10 @@ def export_command(
     """
     from rich.progress import Progress
 
-    from mlflow_monitor_plugin import api
-    from mlflow_monitor_plugin.engine import MonitorEngine
-    from mlflow_monitor_plugin.export import ParquetExporter
-    from mlflow_monitor_plugin.resync import resync
+    from mlflow_monitor_plugin.config import api
+    from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+    from mlflow_monitor_plugin.export.parquet import ParquetExporter
+    from mlflow_monitor_plugin.export.resync import resync
 
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     engine = MonitorEngine.create(monitor.experiment_id)
@@ -83,8 +83,8 @@ def compact_command(
     Example:
       mlflow monitor compact -x 123 --since 2026-11-01
     """
-    from mlflow_monitor_plugin import api
-    from mlflow_monitor_plugin.export import ParquetExporter
+    from mlflow_monitor_plugin.config import api
+    from mlflow_monitor_plugin.export.parquet import ParquetExporter
 
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     removed = ParquetExporter(monitor.export_uri).compact(_date(since), _date(until))

@@ -9,9 +9,9 @@ from mlflow.entities import AssessmentSource
 
 from mlflow_monitor_plugin import create_external_monitor
 from mlflow_monitor_plugin.cli import monitor as monitor_cli
-from mlflow_monitor_plugin.engine import EngineSettings, MonitorEngine
-from mlflow_monitor_plugin.sampling import is_sampled
-from mlflow_monitor_plugin.scoring import ScoringSettings
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.traces_factory import log_traces
 
 SETTINGS = EngineSettings(scoring=ScoringSettings(workers=4, attempts=1), sweep_every_s=0)

@@ -22,8 +22,8 @@ from typing import Any
 
 from mlflow.entities import Feedback, Trace
 
-from mlflow_monitor_plugin.judges import JudgeSpec
 from mlflow_monitor_plugin.redact import redact
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 
 _logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 
 from mlflow.entities import Trace
 
-from mlflow_monitor_plugin.checkpoint import Checkpoint
-from mlflow_monitor_plugin.export import ParquetExporter
-from mlflow_monitor_plugin.traces import TraceSource
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.traces import TraceSource
+from mlflow_monitor_plugin.export.parquet import ParquetExporter
 
 DAY_MS = 86_400_000
 

@@ -8,16 +8,16 @@ from typing import Any
 
 import click
 
-from mlflow_monitor_plugin.cli_options import (
-    configure_logging,
+from mlflow_monitor_plugin.cli.options import (
     experiment_options,
     handle_errors,
     log_level_option,
     output_option,
 )
-from mlflow_monitor_plugin.daemon import DEFAULT_INTERVAL_S
-from mlflow_monitor_plugin.engine import EngineSettings
-from mlflow_monitor_plugin.scoring import ScoringSettings
+from mlflow_monitor_plugin.engine.daemon import DEFAULT_INTERVAL_S
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings
+from mlflow_monitor_plugin.redact import configure_logging
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 
 
 def engine_options(func: Any) -> Any:
@@ -116,8 +116,8 @@ def run_command(
       mlflow monitor run -x 123 --interval 1   # one experiment, a pass every second
       mlflow monitor run -x 123 --once         # catch up, then exit
     """
-    from mlflow_monitor_plugin.daemon import Daemon
-    from mlflow_monitor_plugin.judge_proxy import ProxySettings, judge_proxy
+    from mlflow_monitor_plugin.engine.daemon import Daemon
+    from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
 
     configure_logging(log_level)
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine))
@@ -162,7 +162,7 @@ def test_command(
     Example:
       mlflow monitor test -x 123 --max-traces 10
     """
-    from mlflow_monitor_plugin import operations
+    from mlflow_monitor_plugin.cli import operations
 
     rows = operations.test_judges(experiment_id, experiment_name, max_traces)
     _print_rows(rows, output, ["judge", "traces", "results", "not_applicable", "errors", "example"])
@@ -179,7 +179,7 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
     Example:
       mlflow monitor status -x 123 --output json
     """
-    from mlflow_monitor_plugin import operations
+    from mlflow_monitor_plugin.cli import operations
 
     status = operations.status(experiment_id, experiment_name)
     if output == "json":
@@ -209,7 +209,7 @@ def demo_command(traces: int, log_level: str) -> None:
     Example:
       mlflow monitor demo
     """
-    from mlflow_monitor_plugin import operations
+    from mlflow_monitor_plugin.cli import operations
 
     configure_logging(log_level)
     result = operations.demo(traces, echo=click.echo)

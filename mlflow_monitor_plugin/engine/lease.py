@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from mlflow_monitor_plugin.tags import MonitorTags
+from mlflow_monitor_plugin.config.tags import MonitorTags
 
 LEASE_KEY = "lease"
 SETTLE_S = 0.3

@@ -8,7 +8,7 @@ from mlflow_monitor_plugin import (
     GuidelinesJudge,
     MonitorConfigError,
 )
-from mlflow_monitor_plugin.config import ExternalMonitor, check_identifier, judge_from_dict
+from mlflow_monitor_plugin.config.model import ExternalMonitor, check_identifier, judge_from_dict
 
 
 def suite(*assessments, **kwargs):

@@ -15,7 +15,7 @@ from typing import Any
 
 from mlflow.entities import SpanType, Trace
 
-from mlflow_monitor_plugin.config import (
+from mlflow_monitor_plugin.config.model import (
     DETERMINISTIC_JUDGES,
     AssessmentsSuiteConfig,
     GuidelinesJudge,

@@ -5,7 +5,7 @@ import pytest
 import requests
 from mlflow.genai.scorers import Safety
 
-from mlflow_monitor_plugin.judge_proxy import (
+from mlflow_monitor_plugin.scoring.proxy import (
     JudgeProxy,
     ProxySettings,
     judge_proxy,

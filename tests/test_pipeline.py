@@ -5,10 +5,10 @@ import mlflow
 import pytest
 
 from mlflow_monitor_plugin import create_external_monitor, update_external_monitor
-from mlflow_monitor_plugin.engine import EngineSettings, MonitorEngine
-from mlflow_monitor_plugin.feedback import JUDGE_KEY, MONITOR_KEY
-from mlflow_monitor_plugin.sampling import is_sampled
-from mlflow_monitor_plugin.scoring import ScoringSettings
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
+from mlflow_monitor_plugin.scoring.feedback import JUDGE_KEY, MONITOR_KEY
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.traces_factory import feedback_by_trace, log_traces
 
 FAST = ScoringSettings(workers=4, attempts=2, backoff_s=0.01, backoff_max_s=0.05)
@@ -181,7 +181,7 @@ def test_duplicates_from_a_race_are_reconciled_to_one(sqlite_experiment_id):
     info = b.source.client.search_traces([sqlite_experiment_id], include_spans=False)[0].info
     info.assessments = []
     spec = b.judges_for(b.tags.read_config(sqlite_experiment_id))[0]
-    from mlflow_monitor_plugin.feedback import FeedbackWriter
+    from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter
 
     writer = FeedbackWriter(m.monitor_id, 1)
     ((verdict, _),) = b.scorer.runner.run([(b.source.fetch([trace_id])[0], spec)])

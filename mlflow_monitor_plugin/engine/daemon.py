@@ -18,11 +18,11 @@ from typing import Any
 
 import schedule
 
-from mlflow_monitor_plugin.engine import EngineSettings, MonitorEngine, PassStats
+from mlflow_monitor_plugin.config.tags import MonitorTags
+from mlflow_monitor_plugin.engine.lease import new_owner
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine, PassStats
 from mlflow_monitor_plugin.exceptions import MonitorNotFoundError
-from mlflow_monitor_plugin.lease import new_owner
-from mlflow_monitor_plugin.scoring_pool import make_scorer
-from mlflow_monitor_plugin.tags import MonitorTags
+from mlflow_monitor_plugin.scoring.pool import make_scorer
 
 _logger = logging.getLogger(__name__)
 

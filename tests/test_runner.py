@@ -2,10 +2,15 @@ import random
 
 import pytest
 
-from mlflow_monitor_plugin.config import AssessmentsSuiteConfig
-from mlflow_monitor_plugin.judges import build_judges
-from mlflow_monitor_plugin.scoring import JudgeRunner, RateLimiter, ScoringSettings, backoff_delay
-from mlflow_monitor_plugin.traces import TraceSource
+from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig
+from mlflow_monitor_plugin.discovery.traces import TraceSource
+from mlflow_monitor_plugin.scoring.judges import build_judges
+from mlflow_monitor_plugin.scoring.runner import (
+    JudgeRunner,
+    RateLimiter,
+    ScoringSettings,
+    backoff_delay,
+)
 from tests.traces_factory import log_traces
 
 

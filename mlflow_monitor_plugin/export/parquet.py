@@ -15,33 +15,27 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorConfigError
+from mlflow_monitor_plugin.export.base import in_range, io_errors
 
 if TYPE_CHECKING:
     from mlflow.entities import Trace
 
-from mlflow_monitor_plugin.export_rows import (  # noqa: F401 - the export API
-    _EPOCH,
+from mlflow_monitor_plugin.export.rows import (
     ARROW_SCHEMA,
-    ASSESSMENT_TYPE,
-    EXPORT_SCHEMA_VERSION,
     MAX_BUFFER_BYTES,
     PARTITION_COLUMN,
     ROWS_PER_ROW_GROUP,
-    TABLE_SCHEMA,
     _row_bytes,
     _unique,
-    clean_text,
     partition_date,
-    to_json_text,
     trace_to_row,
-    traces_to_table,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,32 +43,6 @@ logger = logging.getLogger(__name__)
 
 _BATCH_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 _RESERVED_PREFIXES = ("resync-", "compact-")
-
-
-class Exporter(Protocol):
-    def write_batch(
-        self, batch_key: str, traces: Sequence[Trace], exported_at_ms: int
-    ) -> list[str]: ...
-
-    def replace_partitions(
-        self,
-        traces_by_date: Iterable[Trace],
-        date_from: dt.date,
-        date_to: dt.date,
-        exported_at_ms: int,
-    ) -> int: ...
-
-    def exported_ids(self, from_ms: int, until_ms: int) -> set[str]: ...
-
-    def compact(self, date_from: dt.date | None = None, date_to: dt.date | None = None) -> int: ...
-
-
-@contextlib.contextmanager
-def _io_errors(action: str, path: str) -> Iterator[None]:
-    try:
-        yield
-    except (OSError, pa.ArrowException) as e:
-        raise ExportError(f"Cannot {action} {path!r}: {e}") from e
 
 
 class _AtomicParquetFile:
@@ -88,7 +56,7 @@ class _AtomicParquetFile:
 
     def write(self, table: pa.Table) -> None:
         try:
-            with _io_errors("write export file", self.path):
+            with io_errors("write export file", self.path):
                 if self._writer is None:
                     self._fs.create_dir(self._dir, recursive=True)
                     self._writer = pq.ParquetWriter(
@@ -102,7 +70,7 @@ class _AtomicParquetFile:
 
     def commit(self) -> str:
         try:
-            with _io_errors("write export file", self.path):
+            with io_errors("write export file", self.path):
                 if self._writer is None:
                     raise ExportError(f"Nothing was written to {self.path!r}")
                 self._writer.close()
@@ -139,12 +107,6 @@ def _check_batch_key(batch_key: str) -> None:
         )
 
 
-def _in_range(date: str, date_from: dt.date | None, date_to: dt.date | None) -> bool:
-    return (date_from is None or date >= date_from.isoformat()) and (
-        date_to is None or date <= date_to.isoformat()
-    )
-
-
 class ParquetExporter:
     """Writes traces as a Parquet dataset under ``export_uri``: ``date=YYYY-MM-DD/part-*.parquet``.
 
@@ -175,7 +137,7 @@ class ParquetExporter:
 
     def _partitions(self) -> dict[str, str]:
         """Partition date -> directory, for the partitions that exist."""
-        with _io_errors("list export location", self._root):
+        with io_errors("list export location", self._root):
             infos = self._fs.get_file_info(pafs.FileSelector(self._root, allow_not_found=True))
         prefix = f"{PARTITION_COLUMN}="
         return {
@@ -185,7 +147,7 @@ class ParquetExporter:
         }
 
     def _data_files(self, directory: str) -> list[str]:
-        with _io_errors("list export partition", directory):
+        with io_errors("list export partition", directory):
             infos = self._fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
         return sorted(
             i.path
@@ -198,7 +160,7 @@ class ParquetExporter:
     def _delete(self, paths: Iterable[str]) -> int:
         count = 0
         for path in paths:
-            with _io_errors("delete export file", path):
+            with io_errors("delete export file", path):
                 self._fs.delete_file(path)
             count += 1
         return count
@@ -227,7 +189,7 @@ class ParquetExporter:
             for directory in self._partitions().values()
             if directory.rsplit("/", 1)[-1] not in dates_written
         ]
-        with _io_errors("list export files", self._root):
+        with io_errors("list export files", self._root):
             infos = self._fs.get_file_info(candidates)
         stale = self._delete(i.path for i in infos if i.type == pafs.FileType.File)
         logger.info(
@@ -272,7 +234,7 @@ class ParquetExporter:
             for trace in traces_by_date:
                 row = trace_to_row(trace, exported_at_ms)
                 date = row[PARTITION_COLUMN]
-                if not _in_range(date, date_from, date_to) or row["trace_id"] in seen:
+                if not in_range(date, date_from, date_to) or row["trace_id"] in seen:
                     skipped += 1
                     continue
                 seen.add(row["trace_id"])
@@ -307,7 +269,7 @@ class ParquetExporter:
         return [
             path
             for date, directory in self._partitions().items()
-            if _in_range(date, date_from, date_to)
+            if in_range(date, date_from, date_to)
             for path in self._data_files(directory)
         ]
 
@@ -328,7 +290,7 @@ class ParquetExporter:
         Returns the number of files removed."""
         removed = 0
         for date, directory in sorted(self._partitions().items()):
-            paths = self._data_files(directory) if _in_range(date, date_from, date_to) else []
+            paths = self._data_files(directory) if in_range(date, date_from, date_to) else []
             if len(paths) < 2:
                 continue
             out = self._new_file(date, f"part-compact-{uuid.uuid4().hex[:16]}.parquet")
@@ -344,7 +306,7 @@ class ParquetExporter:
         return removed
 
     def _read(self, path: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        with _io_errors("read export file", path), self._fs.open_input_file(path) as f:
+        with io_errors("read export file", path), self._fs.open_input_file(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(self._rows, columns=columns):
                 yield pa.Table.from_batches([batch])
 
@@ -366,14 +328,3 @@ class ParquetExporter:
                     if keep[-1]:
                         emitted.add(trace_id)
                 yield table.filter(pa.array(keep, pa.bool_()))
-
-
-def make_exporter(export_uri: str, format: str = "parquet") -> Exporter:
-    """The exporter for ``format`` (``parquet`` or ``delta``) writing to ``export_uri``."""
-    if format == "parquet":
-        return ParquetExporter(export_uri)
-    if format == "delta":
-        from mlflow_monitor_plugin.export_delta import DeltaExporter
-
-        return DeltaExporter(export_uri)
-    raise MonitorConfigError("export format", format, "allowed: 'parquet' or 'delta'")

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.entities import AssessmentError, AssessmentSource, TraceInfo
 
 from mlflow_monitor_plugin.redact import redact
-from mlflow_monitor_plugin.scoring import Verdict
+from mlflow_monitor_plugin.scoring.runner import Verdict
 
 _logger = logging.getLogger(__name__)
 

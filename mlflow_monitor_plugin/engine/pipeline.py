@@ -22,17 +22,17 @@ from typing import Any
 from mlflow.entities import TraceInfo
 from mlflow.tracking import MlflowClient
 
-from mlflow_monitor_plugin.checkpoint import Checkpoint, sweep_floor_ms
-from mlflow_monitor_plugin.config import ExternalMonitor
+from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.config.tags import MonitorTags
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.engine.lease import Lease, new_owner
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
-from mlflow_monitor_plugin.export import ParquetExporter
-from mlflow_monitor_plugin.feedback import FeedbackWriter, JudgeState, judge_states
-from mlflow_monitor_plugin.judges import JudgeSpec, build_judges, llm_endpoint_configured
-from mlflow_monitor_plugin.lease import Lease, new_owner
-from mlflow_monitor_plugin.sampling import is_sampled
-from mlflow_monitor_plugin.scoring import JudgeRunner, ScoringSettings
-from mlflow_monitor_plugin.scoring_pool import Due, InProcessScorer, Scorer
-from mlflow_monitor_plugin.tags import MonitorTags
+from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Scorer
+from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 
 _logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class MonitorEngine:
     ) -> MonitorEngine:
         """The engine with real collaborators; ``scorer`` is a daemon's shared process pool,
         or None to score on threads in this process."""
-        from mlflow_monitor_plugin.traces import TraceSource
+        from mlflow_monitor_plugin.discovery.traces import TraceSource
 
         settings = settings or EngineSettings()
         client = MlflowClient()
@@ -346,7 +346,7 @@ class MonitorEngine:
     def _resync(
         self, export: ParquetExporter, upto: Checkpoint, now_ms: int, stats: PassStats
     ) -> None:
-        from mlflow_monitor_plugin.resync import resync
+        from mlflow_monitor_plugin.export.resync import resync
 
         self._last_resync_ms = now_ms
         today = dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc).date()
