@@ -16,6 +16,9 @@ def test_demo_without_judge_endpoint_runs_deterministic_judges(sqlite_uri, no_ju
     result = CliRunner().invoke(monitor_cli, ["demo", "--traces", "8"])
     assert result.exit_code == 0, result.output
     assert "Logged 8 traces" in result.output
+    # two deterministic judges on each trace: the counts a reader expects, verdicts not pairs
+    assert "Monitored 8 traces in" in result.output and ": 16 verdicts, 0 failed." in result.output
+    assert "experiment 1: 8 traces, 16 verdicts, 0 failed," in result.output  # the pass's log
     assert "Exported 8 traces to" in result.output
     assert "Skipped the LLM judges safety, relevance_to_query" in result.output
     assert "OPENAI_API_KEY" in result.output and "mlflow ui --backend-store-uri" in result.output

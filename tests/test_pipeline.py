@@ -3,6 +3,7 @@ from collections import Counter
 
 import mlflow
 import pytest
+from mlflow.genai.judges.utils import get_default_model
 
 from mlflow_monitor_plugin import create_external_monitor, update_external_monitor
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
@@ -277,8 +278,10 @@ def test_status_counts_and_dry_run_test_command(sqlite_experiment_id, fake_judge
     assert out.exit_code == 0, out.output
     status = json.loads(out.output)
     judges = {r["judge"]: r for r in status["judges"]}
-    assert judges["safety"] == {"judge": "safety", "eligible": 4, "sampled": 4, "scored": 3,
-                                "not_applicable": 0, "failed": 0, "pending": 1}  # fmt: skip
+    assert judges["safety"] == {
+        "judge": "safety", "source_type": "LLM_JUDGE", "source_id": get_default_model(),
+        "eligible": 4, "sampled": 4, "scored": 3, "not_applicable": 0, "failed": 0, "pending": 1,
+    }  # fmt: skip
     assert judges["groundedness"]["not_applicable"] == 3
     assert status["lag_seconds"] >= 0 and status["checkpoint"] is not None
     table = CliRunner().invoke(monitor_cli, ["status", "-x", sqlite_experiment_id])

@@ -18,8 +18,8 @@ from mlflow_monitor_plugin.discovery.checkpoint import lag_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
-from mlflow_monitor_plugin.scoring.feedback import judge_states
-from mlflow_monitor_plugin.scoring.judges import build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 
@@ -62,7 +62,8 @@ def test_judges(
 
 
 def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, Any]:
-    """The checkpoint, the lag behind the newest trace, and per-judge counts over all traces."""
+    """The checkpoint, the lag behind the newest trace, and per judge the source its verdicts
+    carry and counts over all traces."""
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
@@ -99,11 +100,17 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "lag_seconds": None if lag is None else round(lag / 1000, 3),
         "export_uri": monitor.export_uri,
         "judges": [
-            {"judge": name, **{k: c[k] for k in
+            {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
              ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")}}
-            for name, c in counts.items()
+            for j in judges
         ],
     }  # fmt: skip
+
+
+def _source_fields(judge: JudgeSpec) -> dict[str, str]:
+    """The source a judge's verdicts carry, as the MLflow UI shows it beside each verdict."""
+    source = judge_source(judge)
+    return {"source_type": source.source_type, "source_id": source.source_id or ""}
 
 
 def load_example_app() -> ModuleType:
@@ -157,7 +164,13 @@ def demo(traces: int, echo: Callable[[str], None]) -> dict[str, Any]:
     started = time.monotonic()
     with judge_proxy():
         report = Daemon([experiment_id]).run_until_idle()
-    echo(f"Monitored in {time.monotonic() - started:.1f}s.")
+    seen = sum(s.traces for s in report.stats)
+    verdicts = sum(s.total("scored") for s in report.stats)
+    failed = sum(s.total("failed") for s in report.stats)
+    echo(
+        f"Monitored {seen} traces in {time.monotonic() - started:.1f}s: "
+        f"{verdicts} verdicts, {failed} failed."
+    )
     if report.errors:
         raise api.MonitorError("; ".join(report.errors.values()))
     return {

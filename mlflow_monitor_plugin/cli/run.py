@@ -173,7 +173,7 @@ def test_command(
 @output_option
 @handle_errors
 def status_command(experiment_id: str | None, experiment_name: str | None, output: str) -> None:
-    """Checkpoint, lag behind the newest trace, and per-judge counts.
+    """Checkpoint, lag behind the newest trace, and per judge its verdicts' source and counts.
 
     \b
     Example:
@@ -190,7 +190,16 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
     _print_rows(
         status["judges"],
         "table",
-        ["judge", "eligible", "sampled", "scored", "not_applicable", "failed", "pending"],
+        [
+            "judge",
+            "source_id",
+            "eligible",
+            "sampled",
+            "scored",
+            "not_applicable",
+            "failed",
+            "pending",
+        ],
     )
 
 

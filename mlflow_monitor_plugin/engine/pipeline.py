@@ -72,9 +72,15 @@ class PassStats:
     def summary(self) -> str:
         if self.skipped:
             return f"experiment {self.experiment_id}: skipped ({self.skipped})"
-        parts = [f"experiment {self.experiment_id}: {self.traces} traces"]
-        parts += [f"{self.total(k)} {k.replace('_', ' ')}" for k in ("sampled", "scored", "failed")]
-        parts += [f"{self.exported} exported", f"{self.seconds:.2f}s"]
+        # A verdict is one judge's answer on one trace; pairs are the (trace, judge) sampled.
+        parts = [
+            f"experiment {self.experiment_id}: {self.traces} traces",
+            f"{self.total('scored')} verdicts",
+            f"{self.total('failed')} failed",
+            f"{self.total('sampled')} trace-judge pairs sampled",
+            f"{self.exported} exported",
+            f"{self.seconds:.2f}s",
+        ]
         if self.export_error:
             parts.append(f"export failed: {self.export_error}")
         return ", ".join(parts)

@@ -1,11 +1,12 @@
 """Write verdicts with ``mlflow.log_feedback``, exactly once per (trace, judge).
 
-Every feedback we log carries metadata naming the monitor, the judge, the config version and a
-verdict id shared by the feedbacks of one verdict (a retrieval judge logs several), with their
-count. Reading a trace's assessments back therefore tells, for each judge, whether a complete
-verdict is there, only part of one (a crash mid-write), or an error from an earlier pass. That is
-what makes a rerun after a crash write nothing twice; ``reconcile`` removes the duplicates two
-daemons racing on the same trace can leave, keeping the same verdict whichever daemon looks.
+Every feedback we log names who made it in its source (``judge_source``) and carries metadata
+naming the monitor, the judge, the config version and a verdict id shared by the feedbacks of one
+verdict (a retrieval judge logs several), with their count. Reading a trace's assessments back
+therefore tells, for each judge, whether a complete verdict is there, only part of one (a crash
+mid-write), or an error from an earlier pass. That is what makes a rerun after a crash write
+nothing twice; ``reconcile`` removes the duplicates two daemons racing on the same trace can
+leave, keeping the same verdict whichever daemon looks.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-from mlflow.entities import AssessmentError, AssessmentSource, TraceInfo
+from mlflow.entities import AssessmentError, AssessmentSource, AssessmentSourceType, TraceInfo
 
 from mlflow_monitor_plugin.redact import redact
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 from mlflow_monitor_plugin.scoring.runner import Verdict
 
 _logger = logging.getLogger(__name__)
@@ -31,6 +33,33 @@ VERDICT_KEY = "mlflow_monitor.verdict_id"
 PARTS_KEY = "mlflow_monitor.parts"
 CONFIG_VERSION_KEY = "mlflow_monitor.config_version"
 FAILED_PASSES_KEY = "mlflow_monitor.failed_passes"
+CODE_SOURCE_PREFIX = "mlflow_monitor/"
+# What MLflow's Feedback carries when its maker named no one: never a judge's name.
+_ANONYMOUS_SOURCE_IDS = (None, "", "default")
+
+
+def judge_source(judge: JudgeSpec) -> AssessmentSource:
+    """Who a judge's verdicts name as their source: an LLM judge's model URI, the id MLflow's own
+    judges give (``openai:/gpt-4o-mini``); ``mlflow_monitor/<judge>`` for a code judge."""
+    if judge.is_llm:
+        from mlflow.genai.judges.utils import get_default_model
+
+        return AssessmentSource(AssessmentSourceType.LLM_JUDGE, judge.model or get_default_model())
+    return AssessmentSource(AssessmentSourceType.CODE, CODE_SOURCE_PREFIX + judge.name)
+
+
+def _feedback_source(feedback: Any, judge: JudgeSpec) -> AssessmentSource:
+    """The scorer's own source when it names someone of the judge's kind, else ``judge_source``
+    (MLflow's code scorers leave every Feedback's default, CODE ``default``)."""
+    ours = judge_source(judge)
+    theirs = feedback.source
+    if (
+        theirs is not None
+        and theirs.source_type == ours.source_type
+        and theirs.source_id not in _ANONYMOUS_SOURCE_IDS
+    ):
+        return theirs
+    return ours
 
 
 @dataclass
@@ -106,7 +135,7 @@ class FeedbackWriter:
                     name=feedback.name,
                     value=feedback.value,
                     rationale=redact(feedback.rationale) if feedback.rationale else None,
-                    source=feedback.source or self._source(judge),
+                    source=_feedback_source(feedback, judge),
                     metadata={
                         **{k: str(v) for k, v in (feedback.metadata or {}).items()},
                         **self._metadata(judge.name, verdict_id, len(verdict.feedbacks)),
@@ -121,7 +150,7 @@ class FeedbackWriter:
             self._log(
                 trace_id=trace_id,
                 name=judge.name,
-                source=self._source(judge),
+                source=judge_source(judge),
                 error=AssessmentError(
                     error_code=verdict.error_code or "JUDGE_ERROR",
                     error_message=verdict.error or "unknown error",
@@ -147,11 +176,6 @@ class FeedbackWriter:
                 self._delete_quietly(info.trace_id, assessment.assessment_id)
                 deleted += 1
         return deleted
-
-    def _source(self, judge: Any) -> AssessmentSource:
-        if judge.is_llm:
-            return AssessmentSource(source_type="LLM_JUDGE", source_id=judge.model or "default")
-        return AssessmentSource(source_type="CODE", source_id=f"mlflow_monitor/{judge.name}")
 
     def _delete_quietly(self, trace_id: str, assessment_id: str) -> None:
         try:
