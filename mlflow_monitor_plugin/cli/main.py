@@ -290,4 +290,3 @@ for command in cli_run.COMMANDS + cli_export.COMMANDS:
 def main() -> None:
     """Entry point of the standalone ``mlflow-monitor`` command."""
     monitor(prog_name="mlflow-monitor")
-
