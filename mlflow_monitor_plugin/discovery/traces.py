@@ -73,6 +73,31 @@ class TraceSource:
                 return infos, more and bool(infos)
             token = result.token
 
+    def matching(self, infos: list[TraceInfo], filter_string: str) -> set[str]:
+        """The ids among ``infos`` that ``filter_string`` (MLflow's trace search syntax) matches:
+        one search over their time range, paged."""
+        if not infos:
+            return set()
+        wanted = {i.trace_id for i in infos}
+        low = min(i.timestamp_ms for i in infos)
+        high = max(i.timestamp_ms for i in infos)
+        conditions = [FINISHED, NOT_EVALUATION, filter_string,
+                      f"trace.timestamp_ms >= {low}", f"trace.timestamp_ms <= {high}"]  # fmt: skip
+        found: set[str] = set()
+        token = None
+        while True:
+            result = self.client.search_traces(
+                locations=[self.experiment_id],
+                filter_string=" AND ".join(conditions),
+                max_results=500,
+                page_token=token,
+                include_spans=False,
+            )
+            found.update(t.info.trace_id for t in result if t.info.trace_id in wanted)
+            token = result.token
+            if not token or not result:
+                return found
+
     def newest_timestamp_ms(self) -> int | None:
         result = self.client.search_traces(
             locations=[self.experiment_id],

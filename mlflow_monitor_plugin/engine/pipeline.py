@@ -215,7 +215,8 @@ class MonitorEngine:
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
         export = self._export_for(monitor, now_ms)
         cursor = self.read_cursor(monitor)
-        ctx = PassContext(monitor, judges, writer, cursor, export, stats)
+        trace_judges = [j for j in judges if not j.session]
+        ctx = PassContext(monitor, trace_judges, writer, cursor, export, stats)
         pages = self.source.infos_after(cursor.start(export is not None), self.settings.page_size)
         for done, page in enumerate(pages, start=1):
             self._process(ctx, page)
@@ -233,7 +234,12 @@ class MonitorEngine:
     def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
         if monitor.assessments_config.paused:
             return []
-        judges = build_judges(monitor.assessments_config)
+        judges = []
+        for judge in build_judges(monitor.assessments_config):
+            if judge.unavailable:
+                _logger.warning("Judge %s is unavailable: %s", judge.name, judge.unavailable)
+            else:
+                judges.append(judge)
         if not llm_endpoint_configured():
             judges = [j for j in judges if not j.is_llm]
         return judges
@@ -268,10 +274,14 @@ class MonitorEngine:
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
         monitor, judges, writer = ctx.monitor, ctx.judges, ctx.writer
         due: Due = {}
+        filters = {j.filter_string for j in judges if j.filter_string}
+        matching = {f: self.source.matching(infos, f) for f in filters}  # per-judge filters
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
             retry_only = seen is not None and seen(info, states)
             for judge in judges:
+                if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
+                    continue
                 stats.count(judge.name, "eligible")
                 if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
                     continue
