@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from mlflow_monitor_plugin import (
     AssessmentsSuiteConfig,
     BuiltinJudge,
+    CodeJudge,
     CustomJudge,
     MonitorConfigError,
     create_external_monitor,
@@ -46,16 +47,20 @@ def _suite(*judges, sample=1.0):
     return {"sample": sample, "assessments": list(judges)}
 
 
-def test_every_new_trace_judge_and_custom_judges_score_each_trace_once(experiment_id, fake_judge):
+def test_every_new_trace_judge_custom_and_code_judges_score_each_trace_once(
+    experiment_id, fake_judge, code_judges
+):
     ids = log_agent_traces(2)
     plain = log_traces(1, retriever=False)  # no TOOL span: the tool judges do not apply
     judges = [{"name": n} for n in NEW_TRACE_JUDGES]
+    code = [CodeJudge("tone_check"), {"kind": "code", "name": "word_count"}]
     m = create_external_monitor(
-        catalog_name="w", schema_name="d", assessments_config=_suite(*judges, POLITE, SCORE)
-    )
+        catalog_name="w", schema_name="d",
+        assessments_config=_suite(*judges, POLITE, SCORE, *code),
+    )  # fmt: skip
     engine = MonitorEngine.create(experiment_id, NO_EXPORT)
     stats = engine.run_pass()
-    names = [*NEW_TRACE_JUDGES, "polite", "helpfulness_score"]
+    names = [*NEW_TRACE_JUDGES, "polite", "helpfulness_score", "tone_check", "word_count"]
     expected = {(t, n): 1 for t in ids for n in names}
     expected.update({(plain[0], n): 1 for n in names if not n.startswith("tool_")})
     assert verdict_counts(experiment_id, m.monitor_id) == expected
@@ -64,6 +69,10 @@ def test_every_new_trace_judge_and_custom_judges_score_each_trace_once(experimen
     assert values["polite"] == "yes"
     assert values["helpfulness_score"] == 5
     assert values["tool_call_correctness"] == "yes"
+    assert values["tone_check"] == "calm"
+    assert values["word_count"] == 7  # "Sunny in Paris, as you asked: q0"
+    tone = next(a for a in feedback_by_trace(experiment_id)[ids[0]] if a.name == "tone_check")
+    assert tone.source.source_type == "CODE"
     engine.run_pass()  # nothing twice
     assert verdict_counts(experiment_id, m.monitor_id) == expected
 
@@ -167,3 +176,46 @@ def test_judges_command_lists_every_name_with_llm_needs_and_options():
     table = CliRunner().invoke(cli, ["judges"])
     assert table.exit_code == 0
     assert "tool_call_efficiency" in table.output and "a TOOL span" in table.output
+
+
+def test_code_judge_not_installed_is_reported_and_the_rest_runs(
+    sqlite_experiment_id, code_judges, caplog
+):
+    ids = log_traces(2, retriever=False)
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config=_suite(CodeJudge("not_installed"), CodeJudge("tone_check")),
+    )  # fmt: skip
+    engine = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT)
+    with caplog.at_level("WARNING"):
+        engine.run_pass()
+        engine.run_pass()
+    assert verdict_counts(sqlite_experiment_id, m.monitor_id) == {(t, "tone_check"): 1 for t in ids}
+    reports = [r for r in caplog.records if "not_installed is unavailable" in r.getMessage()]
+    assert len(reports) == 1  # once, not every pass
+    assert "mlflow_monitor.scorers" in reports[0].getMessage()
+    result = CliRunner().invoke(cli, ["status", "-x", sqlite_experiment_id])
+    assert result.exit_code == 0, result.output
+    assert "unavailable: not_installed: no entry point 'not_installed'" in result.output
+
+
+def test_code_judge_that_raises_or_returns_nonsense_becomes_error_feedback_and_is_retried(
+    sqlite_experiment_id, code_judges
+):
+    ids = log_traces(1, retriever=False)
+    create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config=_suite(CodeJudge("always_fails"), CodeJudge("returns_nonsense")),
+    )  # fmt: skip
+    engine = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT)
+    assert engine.run_pass().total("failed") >= 2
+    errors = {a.name: a for a in feedback_by_trace(sqlite_experiment_id)[ids[0]]}
+    message = errors["always_fails"].error.error_message
+    assert message == "ValueError: the tone model is not loaded"  # type and message, no traceback
+    assert (
+        "must return one of int, float, bool, str" in errors["returns_nonsense"].error.error_message
+    )
+    assert engine.run_pass().total("failed") >= 2  # retried, as other failures are
+    again = {a.name: a for a in feedback_by_trace(sqlite_experiment_id)[ids[0]]}
+    assert len(again) == 2  # one error feedback per judge: the older one replaced
+    assert again["always_fails"].assessment_id != errors["always_fails"].assessment_id

@@ -67,15 +67,21 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
     source = engine.source
-    judges = build_judges(monitor.assessments_config)
-    counts = {j.name: Counter() for j in judges}
+    all_judges = build_judges(monitor.assessments_config)
+    unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
+    judges = [j for j in all_judges if not j.session]
+    counts = {j.name: Counter() for j in all_judges}
     for page in source.infos_after(None, 500):
+        filters = {j.filter_string for j in judges if j.filter_string}
+        matching = {f: source.matching(page, f) for f in filters}
         for info in page:
             states = judge_states(info, monitor.monitor_id)
             behind = cursor.score is not None and not cursor.score.is_before(
                 info.timestamp_ms, info.trace_id
             )
             for judge in judges:
+                if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
+                    continue
                 c = counts[judge.name]
                 c["eligible"] += 1
                 if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
@@ -100,7 +106,8 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "export_uri": monitor.export_uri,
         "judges": [
             {"judge": name, **{k: c[k] for k in
-             ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")}}
+             ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")},
+             **({"unavailable": unavailable[name]} if name in unavailable else {})}
             for name, c in counts.items()
         ],
     }  # fmt: skip

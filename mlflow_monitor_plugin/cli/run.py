@@ -192,6 +192,9 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
         "table",
         ["judge", "eligible", "sampled", "scored", "not_applicable", "failed", "pending"],
     )
+    for row in status["judges"]:
+        if row.get("unavailable"):
+            click.echo(f"unavailable: {row['judge']}: {row['unavailable']}")
 
 
 @click.command("demo")

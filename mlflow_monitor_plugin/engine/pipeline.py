@@ -150,6 +150,7 @@ class MonitorEngine:
         self._last_resync_ms: int | None = None
         self._export_retry_at_ms = 0
         self._export_failures = 0
+        self._reported: set[tuple[str, str]] = set()  # unavailable judges already logged
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
 
     @classmethod
@@ -237,7 +238,9 @@ class MonitorEngine:
         judges = []
         for judge in build_judges(monitor.assessments_config):
             if judge.unavailable:
-                _logger.warning("Judge %s is unavailable: %s", judge.name, judge.unavailable)
+                if (judge.name, judge.unavailable) not in self._reported:
+                    self._reported.add((judge.name, judge.unavailable))
+                    _logger.warning("Judge %s is unavailable: %s", judge.name, judge.unavailable)
             else:
                 judges.append(judge)
         if not llm_endpoint_configured():
