@@ -219,3 +219,36 @@ def test_code_judge_that_raises_or_returns_nonsense_becomes_error_feedback_and_i
     again = {a.name: a for a in feedback_by_trace(sqlite_experiment_id)[ids[0]]}
     assert len(again) == 2  # one error feedback per judge: the older one replaced
     assert again["always_fails"].assessment_id != errors["always_fails"].assessment_id
+
+
+def test_dry_run_covers_every_judge_kind_and_writes_nothing(
+    sqlite_experiment_id, fake_judge, code_judges
+):
+    ids = log_agent_traces(2, session="conv-1", tags={"env": "prod"})
+    ids += log_traces(1, retriever=False)
+    create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config=_suite(
+            {"name": "tool_call_efficiency"},
+            {"guidelines": {"polite_rule": ["Be polite."]}},
+            POLITE,
+            CodeJudge("tone_check", filter_string="tags.env = 'prod'"),
+            CodeJudge("not_installed"),
+            {"name": "user_frustration"},
+            CustomJudge("resolved", "Was the issue in {{ conversation }} resolved?", bool),
+        ),
+    )  # fmt: skip
+    result = CliRunner().invoke(cli, ["test", "-x", sqlite_experiment_id, "--output", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["judge"]: r for r in json.loads(result.output)}
+    assert rows["tool_call_efficiency"] | {"example": ""} == {
+        "judge": "tool_call_efficiency", "traces": 3, "results": 2, "not_applicable": 1,
+        "errors": 0, "example": "",
+    }  # fmt: skip
+    assert (rows["polite_rule"]["results"], rows["polite"]["results"]) == (3, 3)
+    assert (rows["tone_check"]["results"], rows["tone_check"]["not_applicable"]) == (2, 1)
+    assert rows["not_installed"]["example"].startswith("unavailable: no entry point")
+    for session_judge in ("user_frustration", "resolved"):  # one session among the traces
+        assert (rows[session_judge]["traces"], rows[session_judge]["results"]) == (1, 1)
+    assert rows["resolved"]["example"].startswith("True")
+    assert all(not a for a in feedback_by_trace(sqlite_experiment_id).values())

@@ -16,6 +16,7 @@ import mlflow
 from mlflow_monitor_plugin.config import api
 from mlflow_monitor_plugin.discovery.checkpoint import lag_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
 from mlflow_monitor_plugin.scoring.feedback import judge_states
@@ -29,17 +30,37 @@ DEMO_EXPERIMENT = "mlflow-monitor-demo"
 def test_judges(
     experiment_id: str | None, experiment_name: str | None, max_traces: int
 ) -> list[dict[str, Any]]:
-    """Run every configured judge on the latest traces; write nothing; one row per judge."""
+    """Run every configured judge on the latest traces (a session judge on the sessions they
+    belong to, whole); write nothing; one row per judge."""
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
-    traces = TraceSource(monitor.experiment_id).latest(max_traces)
+    source = TraceSource(monitor.experiment_id)
+    traces = source.latest(max_traces)
     runner = JudgeRunner(ScoringSettings(attempts=1))
     judges = build_judges(monitor.assessments_config)
     rows = {j.name: Counter(traces=len(traces)) for j in judges}
-    examples: dict[str, str] = {}
-    tasks = []
-    for trace in traces:
-        for judge in judges:
-            if judge.applies_to(trace):
+    examples = {j.name: f"unavailable: {j.unavailable}" for j in judges if j.unavailable}
+    judges = [j for j in judges if not j.unavailable]
+    infos = [t.info for t in traces]
+    filters = {j.filter_string for j in judges if j.filter_string}
+    matching = {f: source.matching(infos, f) for f in filters}
+    sessions = _sessions_of(monitor.experiment_id, infos) if any(j.session for j in judges) else []
+    tasks: list[Any] = []
+    for judge in judges:
+        wanted = matching.get(judge.filter_string) if judge.filter_string else None
+        if judge.session:
+            rows[judge.name]["traces"] = len(sessions)  # sessions, for a session judge
+            for first, session in sessions:
+                if wanted is not None and first.info.trace_id not in wanted:
+                    rows[judge.name]["not_applicable"] += 1
+                elif judge.applies_to_session(session):
+                    tasks.append((first, judge, session))
+                else:
+                    rows[judge.name]["not_applicable"] += 1
+            continue
+        for trace in traces:
+            if wanted is not None and trace.info.trace_id not in wanted:
+                rows[judge.name]["not_applicable"] += 1
+            elif judge.applies_to(trace):
                 tasks.append((trace, judge))
             else:
                 rows[judge.name]["not_applicable"] += 1
@@ -59,6 +80,20 @@ def test_judges(
          "example": examples.get(name, "")}
         for name, c in rows.items()
     ]  # fmt: skip
+
+
+def _sessions_of(experiment_id: str, infos: list[Any]) -> list[tuple[Any, list[Any]]]:
+    """The sessions the traces belong to, whole: (first trace, every trace), full traces."""
+    source = SessionSource(experiment_id)
+    found = []
+    for session_id in session_ids(infos):
+        session = source.session(session_id)
+        if session is None:
+            continue
+        traces = source.traces.fetch([i.trace_id for i in session.infos])
+        if traces:
+            found.append((traces[0], traces))
+    return found
 
 
 def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, Any]:

@@ -37,11 +37,13 @@ class TraceSource:
         checkpoint: Checkpoint | None,
         page_size: int = 200,
         until_ms: int | None = None,
+        where: str | None = None,
     ) -> Iterator[list[TraceInfo]]:
-        """Pages of trace infos strictly after ``checkpoint`` (and started before ``until_ms``)."""
+        """Pages of trace infos strictly after ``checkpoint`` (and started before ``until_ms``;
+        and matching ``where``, a search filter, when given)."""
         cursor = checkpoint or Checkpoint(0, "")
         while True:
-            page, more = self._page_from(cursor, page_size, until_ms)
+            page, more = self._page_from(cursor, page_size, until_ms, where)
             if page:
                 yield page
                 cursor = Checkpoint(page[-1].timestamp_ms, page[-1].trace_id)
@@ -49,12 +51,14 @@ class TraceSource:
                 return
 
     def _page_from(
-        self, cursor: Checkpoint, page_size: int, until_ms: int | None
+        self, cursor: Checkpoint, page_size: int, until_ms: int | None, where: str | None = None
     ) -> tuple[list[TraceInfo], bool]:
         """The next infos after ``cursor``, and whether the store may hold more."""
         conditions = [FINISHED, NOT_EVALUATION, f"trace.timestamp_ms >= {cursor.timestamp_ms}"]
         if until_ms is not None:
             conditions.append(f"trace.timestamp_ms < {until_ms}")
+        if where:
+            conditions.append(where)
         token = None
         while True:  # more than a page may share the cursor's millisecond: page past them
             result = self.client.search_traces(

@@ -27,6 +27,7 @@ from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.lease import Lease, new_owner
+from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
@@ -47,6 +48,7 @@ class EngineSettings:
     sweep_every_s: float = 120.0
     lease_ttl_s: float = 60.0
     resync_every_s: float = 3600.0  # re-export yesterday and today, for later feedback; 0: off
+    session_quiet_s: float = 300.0  # a session is judged once quiet this long (engine/sessions.py)
     export: bool = True
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
@@ -151,6 +153,7 @@ class MonitorEngine:
         self._export_retry_at_ms = 0
         self._export_failures = 0
         self._reported: set[tuple[str, str]] = set()  # unavailable judges already logged
+        self._sessions: SessionPass | None = None
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
 
     @classmethod
@@ -225,12 +228,26 @@ class MonitorEngine:
             self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
             if max_pages is not None and done >= max_pages:
                 break
+        session_judges = [j for j in judges if j.session]
+        if session_judges:
+            logged = self.sessions.run(monitor, session_judges, writer, stats.count, now_ms)
+            stats.feedback_logged += logged
         if self._sweep_due(now_ms):
             self._sweep(ctx, now_ms)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
         stats.seconds = time.monotonic() - started
         return stats
+
+    @property
+    def sessions(self) -> SessionPass:
+        """The pass of the session judges, made on first use."""
+        if self._sessions is None:
+            client = self.source.client
+            self._sessions = SessionPass.create(
+                self.experiment_id, self.tags, client, self.settings
+            )
+        return self._sessions
 
     def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
         if monitor.assessments_config.paused:

@@ -41,6 +41,8 @@ class Verdict:
     seconds: float = 0.0
     skipped: bool = False  # not tried: the judge failed every call before it in this run
     root_span_id: str | None = None  # where feedback without a span of its own is attached
+    metadata: dict[str, str] = field(default_factory=dict)  # more metadata for its feedback
+    overrides: str | None = None  # the assessment a session's newer verdict supersedes
 
     @property
     def ok(self) -> bool:
