@@ -4,13 +4,16 @@ superseding the older; sampled by session id; exactly once across SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 
 from mlflow_monitor_plugin import create_external_monitor
+from mlflow_monitor_plugin.cli.main import monitor as cli
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
 from mlflow_monitor_plugin.scoring.feedback import JUDGE_KEY, MONITOR_KEY
@@ -115,6 +118,10 @@ def test_session_that_continues_is_judged_again_and_the_newer_verdict_supersedes
     assert new.metadata["mlflow_monitor.session_version"].startswith("2:")
     others = session_verdicts(sqlite_experiment_id, m.monitor_id)
     assert all(len(v) == 1 for v in others.values())  # the other sessions: untouched
+    status = CliRunner().invoke(cli, ["status", "-x", sqlite_experiment_id, "--output", "json"])
+    rows = {r["judge"]: r for r in json.loads(status.output)["judges"]}
+    assert rows["conversational_safety"]["eligible"] == rows["conversational_safety"]["scored"] == 6
+    assert rows["user_frustration"]["scored"] == len(sampled)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
-from mlflow_monitor_plugin.scoring.feedback import judge_states
+from mlflow_monitor_plugin.scoring.feedback import judge_states, session_states
 from mlflow_monitor_plugin.scoring.judges import build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
@@ -131,6 +131,9 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
                     c["not_applicable"] += 1
                 else:
                     c["pending"] += 1
+    session_judges = [j for j in all_judges if j.session and not j.unavailable]
+    if session_judges:
+        _count_sessions(monitor, session_judges, counts)
     newest = source.newest_timestamp_ms()
     lag = lag_ms(cursor.score, newest)
     return {
@@ -146,6 +149,33 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
             for name, c in counts.items()
         ],
     }  # fmt: skip
+
+
+def _count_sessions(monitor: Any, judges: list[Any], counts: dict[str, Counter]) -> None:
+    """Per session judge, the experiment's sessions: eligible, sampled, judged in their
+    current version (scored), failed, or pending (not quiet yet, or not reached yet)."""
+    source = SessionSource(monitor.experiment_id)
+    seen: set[str] = set()
+    for page in source.trace_pages(None, int(time.time() * 1000) + 1, page_size=500):
+        for session_id in session_ids(page):
+            session = None if session_id in seen else source.session(session_id)
+            seen.add(session_id)
+            if session is None:
+                continue
+            states = session_states(session.first, monitor.monitor_id)
+            for judge in judges:
+                c = counts[judge.name]
+                c["eligible"] += 1
+                if not is_sampled(session_id, monitor.monitor_id, judge.rate):
+                    continue
+                c["sampled"] += 1
+                state = states.get(judge.name)
+                if state and state.done(session.version):
+                    c["scored"] += 1
+                elif state and state.errors:
+                    c["failed"] += 1
+                else:
+                    c["pending"] += 1
 
 
 def load_example_app() -> ModuleType:
