@@ -86,14 +86,17 @@ def test_session_judges_judge_each_quiet_session_once_on_its_first_trace(
 def test_session_that_continues_is_judged_again_and_the_newer_verdict_supersedes(
     sqlite_experiment_id, fake_judge
 ):
-    sessions = [f"chat-{i}" for i in range(6)]
-    for s in sessions:
-        log_agent_traces(1, session=s, prefix=s)
     m = create_external_monitor(
         catalog_name="w", schema_name="d",
         assessments_config={"assessments": [{"name": "conversational_safety"},
                                             {"name": "user_frustration", "sample_rate": 0.5}]},
     )  # fmt: skip
+    names = (f"chat-{i}" for i in range(1000))  # chat-0 and two of each side of the rate
+    ins = [n for n in names if is_sampled(n, m.monitor_id, 0.5)][:2]
+    outs = [n for n in (f"chat-{i}" for i in range(1000)) if not is_sampled(n, m.monitor_id, 0.5)]
+    sessions = list(dict.fromkeys(["chat-0", *ins, *outs[:2]]))
+    for s in sessions:
+        log_agent_traces(1, session=s, prefix=s)
     engine = MonitorEngine.create(sqlite_experiment_id, SETTINGS)
     engine.run_pass(now_ms=later())
     found = session_verdicts(sqlite_experiment_id, m.monitor_id)
@@ -120,7 +123,8 @@ def test_session_that_continues_is_judged_again_and_the_newer_verdict_supersedes
     assert all(len(v) == 1 for v in others.values())  # the other sessions: untouched
     status = CliRunner().invoke(cli, ["status", "-x", sqlite_experiment_id, "--output", "json"])
     rows = {r["judge"]: r for r in json.loads(status.output)["judges"]}
-    assert rows["conversational_safety"]["eligible"] == rows["conversational_safety"]["scored"] == 6
+    safety = rows["conversational_safety"]
+    assert safety["eligible"] == safety["scored"] == len(sessions)
     assert rows["user_frustration"]["scored"] == len(sampled)
 
 
@@ -158,3 +162,33 @@ def test_session_judges_exactly_once_across_sigkill(sqlite_uri, tmp_path, fake_j
     every = session_verdicts(m.experiment_id, m.monitor_id, valid_only=False)
     assert all(len(v) == 1 for v in every.values())  # no error or superseded copies either
     assert kills == 2
+
+
+def test_late_trace_behind_the_session_cursor_is_found_by_the_sweep(
+    sqlite_experiment_id, fake_judge
+):
+    first, second = log_agent_traces(2, session="late-1")
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"assessments": [{"name": "conversational_safety"}]},
+    )  # fmt: skip
+    engine = MonitorEngine.create(sqlite_experiment_id, SETTINGS)
+    engine.run_pass(now_ms=later())
+    (old,) = session_verdicts(sqlite_experiment_id, m.monitor_id)[
+        ("late-1", "conversational_safety")
+    ]
+    started = mlflow.get_trace(first).info.timestamp_ms + 1  # between the two: behind the cursor
+    assert started < mlflow.get_trace(second).info.timestamp_ms
+    span = mlflow.start_span_no_context(
+        "late_turn", inputs={"question": "UNSAFE late turn"}, start_time_ns=started * 1_000_000,
+        metadata={"mlflow.trace.session": "late-1"},
+    )  # fmt: skip
+    span.set_outputs("sure")
+    span.end(end_time_ns=(started + 5) * 1_000_000)
+    engine.run_pass(now_ms=later(QUIET_MS + 120_000))
+    every = session_verdicts(sqlite_experiment_id, m.monitor_id, valid_only=False)
+    verdicts = {a.assessment_id: a for _, a in every[("late-1", "conversational_safety")]}
+    assert len(verdicts) == 2 and verdicts[old[1].assessment_id].valid is False
+    (new,) = [a for a in verdicts.values() if a.valid is not False]
+    assert new.value == "no" and new.metadata["mlflow_monitor.session_version"].startswith("3:")
+    assert new.trace_id == first

@@ -112,12 +112,42 @@ class SessionPass:
             self._save_cursor(monitor, cursor)
         if self._sweep_due(now_ms) and cursor is not None:
             self._last_sweep_ms = now_ms
-            floor = Checkpoint(sweep_floor_ms(now_ms, self.late_window_ms), "")
-            until = cursor.timestamp_ms + 1
-            for page in self.source.trace_pages(floor, until):
-                ids = session_ids(page)  # late traces, failed judges
-                logged += self._judge(monitor, judges, writer, count, ids, now_ms)
+            ids = self._unsettled(monitor, judges, cursor, now_ms)  # late traces, failures
+            if ids:
+                counted = {"scored", "failed"}  # as the trace sweep: only what it did
+                logged += self._judge(
+                    monitor, judges, writer, lambda j, w: w in counted and count(j, w), ids, now_ms
+                )
         return logged
+
+    def _unsettled(
+        self, monitor: ExternalMonitor, judges: list[JudgeSpec], cursor: Checkpoint, now_ms: int
+    ) -> list[str]:
+        """The sessions of the late window behind the cursor that the sweep must read whole:
+        sampled by some judge, and not shown settled by the window itself (a first trace in
+        the window holding a verdict on the window's version of the session for each judge
+        that sampled it, and no error)."""
+        floor = Checkpoint(sweep_floor_ms(now_ms, self.late_window_ms), "")
+        seen: dict[str, list[Any]] = {}  # session -> [trace count, newest id, its states]
+        for page in self.source.trace_pages(floor, cursor.timestamp_ms + 1, page_size=500):
+            for info in page:
+                sid = session_ids([info])[0]
+                entry = seen.setdefault(sid, [0, "", None])
+                entry[0] += 1
+                entry[1] = info.trace_id  # pages come in (request time, trace id) order
+                entry[2] = entry[2] or session_states(info, monitor.monitor_id) or None
+        unsettled = []
+        for sid, (n, newest, states) in seen.items():
+            sampled = [j for j in judges if is_sampled(sid, monitor.monitor_id, j.rate)]
+            if not sampled:
+                continue
+            version = f"{n}:{newest}"
+            if states and all(
+                (st := states.get(j.name)) and st.done(version) and not st.errors for j in sampled
+            ):
+                continue
+            unsettled.append(sid)
+        return unsettled
 
     def _sweep_due(self, now_ms: int) -> bool:
         last = self._last_sweep_ms
@@ -134,6 +164,8 @@ class SessionPass:
     ) -> int:
         due: list[tuple[Session, JudgeSpec, SessionState]] = []
         for session_id in ids:
+            if not any(is_sampled(session_id, monitor.monitor_id, j.rate) for j in judges):
+                continue  # no judge samples it: nothing to read
             session = self.source.session(session_id)
             if session is None or not session.quiet(now_ms, self.quiet_ms):
                 continue  # still going: judged once its newest trace goes quiet
@@ -147,8 +179,11 @@ class SessionPass:
             if not session_traces or not judge.applies_to_session(session_traces):
                 count(judge.name, "not_applicable")
                 continue
-            tasks.append((session_traces[0], judge, session_traces))
-            states[(session_traces[0].info.trace_id, judge.name)] = (session, state)
+            holder = _holder(state, session)
+            first = next((t for t in session_traces if t.info.trace_id == holder), None)
+            first = first or session_traces[0]
+            tasks.append((first, judge, session_traces))
+            states[(first.info.trace_id, judge.name)] = (session, state)
         return self._score(writer, count, tasks, states)
 
     def _due(
@@ -158,7 +193,7 @@ class SessionPass:
         session: Session,
         count: Count,
     ) -> list[tuple[Session, JudgeSpec, SessionState]]:
-        states = session_states(session.first, monitor.monitor_id)
+        states = _states(session, monitor.monitor_id)
         filters = {j.filter_string for j in judges if j.filter_string}
         matching = {f: self.source.traces.matching([session.first], f) for f in filters}
         due = []
@@ -212,6 +247,25 @@ class SessionPass:
             charge = verdict.judge.name in answered and not verdict.skipped
             logged += writer.write(verdict, state.as_judge_state(), charge)
         return logged
+
+
+def _states(session: Session, monitor_id: str) -> dict[str, SessionState]:
+    """The monitor's session verdicts, wherever in the session they are (on its first trace,
+    unless a late trace has since become the first)."""
+    merged: dict[str, SessionState] = {}
+    for info in session.infos:
+        for judge, state in session_states(info, monitor_id).items():
+            into = merged.setdefault(judge, SessionState())
+            into.verdicts += state.verdicts
+            into.errors += state.errors
+    return merged
+
+
+def _holder(state: SessionState, session: Session) -> str:
+    """The trace a new verdict goes on: the one holding the verdict it supersedes (overrides
+    stay on one trace), else the session's first trace, as MLflow puts it."""
+    current = state.current or (state.errors[0] if state.errors else None)
+    return current.trace_id if current is not None else session.first.trace_id
 
 
 def _mark(verdict: Verdict, session: Session, state: SessionState) -> None:
