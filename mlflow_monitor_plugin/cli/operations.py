@@ -183,7 +183,7 @@ def load_example_app() -> ModuleType:
     try:
         return importlib.import_module("mlflow_monitor_plugin._examples.rag_app")
     except ImportError:
-        path = Path(__file__).resolve().parent.parent / "examples" / "rag_app.py"
+        path = Path(__file__).resolve().parents[2] / "examples" / "rag_app.py"
         spec = importlib.util.spec_from_file_location("mlflow_monitor_rag_app", path)
         if spec is None or spec.loader is None:
             raise
