@@ -11,6 +11,7 @@ import time
 import mlflow
 import pytest
 from click.testing import CliRunner
+from mlflow.entities import AssessmentSource
 
 from mlflow_monitor_plugin import create_external_monitor
 from mlflow_monitor_plugin.cli.main import monitor as cli
@@ -104,6 +105,11 @@ def test_session_that_continues_is_judged_again_and_the_newer_verdict_supersedes
     assert 0 < len(sampled) < len(sessions)  # sampled by session id
     assert {s for s, j in found if j == "user_frustration"} == sampled
     old = found[("chat-0", "conversational_safety")][0][1]
+    reviewed = found[(sessions[1], "conversational_safety")][0][1]
+    mlflow.override_feedback(
+        trace_id=reviewed.trace_id, assessment_id=reviewed.assessment_id, value="no",
+        source=AssessmentSource(source_type="HUMAN", source_id="reviewer"),
+    )  # fmt: skip
     log_agent_traces(1, session="chat-0", prefix="UNSAFE")  # the conversation goes on
     engine.run_pass(now_ms=later(QUIET_MS - 60_000))  # not quiet again yet: nothing new
     now = session_verdicts(sqlite_experiment_id, m.monitor_id)
@@ -121,6 +127,10 @@ def test_session_that_continues_is_judged_again_and_the_newer_verdict_supersedes
     assert new.metadata["mlflow_monitor.session_version"].startswith("2:")
     others = session_verdicts(sqlite_experiment_id, m.monitor_id)
     assert all(len(v) == 1 for v in others.values())  # the other sessions: untouched
+    # a verdict a person overrode is not judged again
+    assert [a.assessment_id for _, a in every[(sessions[1], "conversational_safety")]] == [
+        reviewed.assessment_id
+    ]
     status = CliRunner().invoke(cli, ["status", "-x", sqlite_experiment_id, "--output", "json"])
     rows = {r["judge"]: r for r in json.loads(status.output)["judges"]}
     safety = rows["conversational_safety"]

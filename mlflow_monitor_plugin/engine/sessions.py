@@ -264,7 +264,7 @@ def _states(session: Session, monitor_id: str) -> dict[str, SessionState]:
 def _holder(state: SessionState, session: Session) -> str:
     """The trace a new verdict goes on: the one holding the verdict it supersedes (overrides
     stay on one trace), else the session's first trace, as MLflow puts it."""
-    current = state.current or (state.errors[0] if state.errors else None)
+    current = state.current or next(iter(state.verdicts + state.errors), None)
     return current.trace_id if current is not None else session.first.trace_id
 
 

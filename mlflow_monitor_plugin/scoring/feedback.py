@@ -74,8 +74,9 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
 
 @dataclass
 class SessionState:
-    """What a monitor has written for one session judge on the session's first trace: valid
-    verdicts (the newest supersedes the older ones, which are kept invalid) and errors."""
+    """What a monitor has written for one session judge on the session's first trace: its
+    verdicts (the newest valid one supersedes the older ones, which are kept invalid) and
+    errors. A verdict a person has overridden is invalid too, and still counts as done."""
 
     verdicts: list[Any] = field(default_factory=list)
     errors: list[Any] = field(default_factory=list)
@@ -85,7 +86,8 @@ class SessionState:
 
     @property
     def current(self) -> Any | None:
-        return max(self.verdicts, key=lambda a: a.create_time_ms, default=None)
+        valid = [a for a in self.verdicts if a.valid is not False]
+        return max(valid, key=lambda a: a.create_time_ms, default=None)
 
     @property
     def failed_passes(self) -> int:
@@ -106,7 +108,7 @@ def session_states(info: TraceInfo, monitor_id: str) -> dict[str, SessionState]:
         state = states[meta.get(JUDGE_KEY, "")]
         if getattr(assessment, "error", None) is not None:
             state.errors.append(assessment)
-        elif assessment.valid is not False:
+        else:
             state.verdicts.append(assessment)
     return dict(states)
 
