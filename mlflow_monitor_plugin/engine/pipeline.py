@@ -230,7 +230,8 @@ class MonitorEngine:
                 break
         session_judges = [j for j in judges if j.session]
         if session_judges:
-            logged = self.sessions.run(monitor, session_judges, writer, stats.count, now_ms)
+            renew = lambda: self.acquire_lease(int(time.time() * 1000))  # noqa: E731
+            logged = self.sessions.run(monitor, session_judges, writer, stats.count, now_ms, renew)
             stats.feedback_logged += logged
         if self._sweep_due(now_ms):
             self._sweep(ctx, now_ms)

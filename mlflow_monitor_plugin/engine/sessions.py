@@ -100,9 +100,11 @@ class SessionPass:
         writer: FeedbackWriter,
         count: Count,
         now_ms: int,
+        renew: Callable[[], Any] = lambda: None,
     ) -> int:
         """Judge the sessions that went quiet since the last pass (and, on a sweep, those of
-        the late window still due). Returns the feedbacks logged."""
+        the late window still due); ``renew`` the lease after each page. Returns the
+        feedbacks logged."""
         until = quiet_until_ms(now_ms, self.quiet_ms) + 1
         cursor = self.read_cursor(monitor)
         logged = 0
@@ -110,6 +112,7 @@ class SessionPass:
             logged += self._judge(monitor, judges, writer, count, session_ids(page), now_ms)
             cursor = Checkpoint(page[-1].timestamp_ms, page[-1].trace_id)
             self._save_cursor(monitor, cursor)
+            renew()
         if self._sweep_due(now_ms) and cursor is not None:
             self._last_sweep_ms = now_ms
             ids = self._unsettled(monitor, judges, cursor, now_ms)  # late traces, failures
