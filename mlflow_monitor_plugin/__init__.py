@@ -12,6 +12,7 @@ from mlflow_monitor_plugin.config.api import (
     list_external_monitors,
     update_external_monitor,
 )
+from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge
 from mlflow_monitor_plugin.config.model import (
     AssessmentsSuiteConfig,
     BuiltinJudge,
@@ -32,6 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AssessmentsSuiteConfig",
     "BuiltinJudge",
+    "CodeJudge",
+    "CustomJudge",
     "ExportError",
     "ExternalMonitor",
     "GuidelinesJudge",

@@ -164,3 +164,39 @@ def fake_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudge]:
         monkeypatch.setenv("OPENAI_BASE_URL", judge.url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + uuid.uuid4().hex)
         yield judge
+
+
+CODE_JUDGES = {
+    "tone_check": "mm_test_scorers:tone_check",
+    "always_fails": "mm_test_scorers:always_fails",
+    "returns_nonsense": "mm_test_scorers:returns_nonsense",
+    "word_count": "mm_test_scorers:WordCount",
+}
+
+
+@pytest.fixture(scope="session")
+def _scorer_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny installed distribution: tests/scorers/mm_test_scorers.py and a ``.dist-info``
+    whose entry_points.txt exposes its scorers in group ``mlflow_monitor.scorers``."""
+    root = tmp_path_factory.mktemp("site")
+    shutil.copy(Path(__file__).parent / "scorers" / "mm_test_scorers.py", root)
+    info = root / "mm_test_scorers-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mm-test-scorers\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in CODE_JUDGES.items())
+    (info / "entry_points.txt").write_text(f"[mlflow_monitor.scorers]\n{lines}")
+    return root
+
+
+@pytest.fixture
+def code_judges(_scorer_package: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The scorer package installed for this process and the subprocesses it starts."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(_scorer_package))
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(_scorer_package), *([path] if path else [])])
+    )
+    importlib.invalidate_caches()
+    return _scorer_package

@@ -130,11 +130,7 @@ class FakeJudge:
                 else:
                     prompt = json.dumps(body.get("messages", []))
                     verdict = behaviour.verdict(prompt)
-                    digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
-                    content = json.dumps(
-                        {"result": verdict, "rationale": f"fake judge says {verdict} ({digest})"}
-                    )
-                    self._send(200, _completion(body, content))
+                    self._send(200, _completion(body, answer(body, prompt, verdict)))
 
             def _send(
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
@@ -152,6 +148,41 @@ class FakeJudge:
                     pass  # the client gave up (timeout): nothing to answer
 
         return Handler
+
+
+def answer(body: dict[str, Any], prompt: str, verdict: str) -> str:
+    """The reply MLflow's judge expects, from the JSON schema it asks for in
+    ``response_format``: a result of the schema's type (an enum's choice, a bool, a number),
+    ``{"tools": []}`` to the tool-extraction request of the tool-call judges."""
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+    properties = schema.get("properties") or {}
+    if "tools" in properties and "result" not in properties:
+        return json.dumps({"tools": []})
+    return json.dumps(
+        {"result": _typed(properties.get("result") or {}, verdict),
+         "rationale": f"fake judge says {verdict} ({digest})"}
+    )  # fmt: skip
+
+
+def _typed(result: dict[str, Any], verdict: str) -> Any:
+    """``verdict`` ('yes' or 'no') in the type the schema wants for the result."""
+    good = verdict != "no"
+    choices = result.get("enum")
+    if not choices and result.get("anyOf"):  # Optional[...] and the like
+        choices = next((a.get("enum") for a in result["anyOf"] if a.get("enum")), None)
+        kind = next((a.get("type") for a in result["anyOf"] if a.get("type") != "null"), None)
+    else:
+        kind = result.get("type")
+    if choices:
+        if verdict in choices:
+            return verdict
+        return choices[0] if good else choices[-1]  # e.g. user_frustration: none .. unresolved
+    if kind == "boolean":
+        return good
+    if kind in ("integer", "number"):
+        return 5 if good else 1
+    return verdict
 
 
 def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:

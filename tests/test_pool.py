@@ -25,7 +25,9 @@ SUITE = {"assessments": [{"name": name} for name in RATES]}
 
 
 def spec(name):
-    return JudgeSpec(name, 1.0, False, None, frozenset(), ScorerFactory.of("PIIDetection", name))
+    return JudgeSpec(
+        name, 1.0, False, None, frozenset(), ScorerFactory.of("builtin", name, "PIIDetection")
+    )
 
 
 def test_split_keeps_traces_whole_balances_pairs_and_loses_nothing():

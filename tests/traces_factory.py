@@ -40,3 +40,32 @@ def feedback_by_trace(experiment_id: str) -> dict[str, list]:
         locations=[experiment_id], return_type="list", include_spans=False
     )
     return {t.info.trace_id: [a for a in t.info.assessments if a.valid] for t in traces}
+
+
+@mlflow.trace(name="get_weather", span_type=SpanType.TOOL)
+def _get_weather(city: str) -> str:
+    return f"Sunny in {city}"
+
+
+@mlflow.trace(name="agent", span_type=SpanType.AGENT)
+def _agent(question: str, session: str | None, tags: dict[str, str] | None) -> str:
+    if session:
+        mlflow.update_current_trace(metadata={"mlflow.trace.session": session})
+    if tags:
+        mlflow.update_current_trace(tags=tags)
+    _retrieve(question)
+    return f"{_get_weather('Paris')}, as you asked: {question}"
+
+
+def log_agent_traces(
+    count: int,
+    session: str | None = None,
+    tags: dict[str, str] | None = None,
+    prefix: str = "q",
+) -> list[str]:
+    """Traces of a tool-calling agent (a TOOL and a RETRIEVER span), in ``session`` if given."""
+    ids = []
+    for i in range(count):
+        _agent(f"{prefix}{i}", session, tags)
+        ids.append(mlflow.get_last_active_trace_id())
+    return ids

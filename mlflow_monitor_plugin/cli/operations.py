@@ -16,9 +16,10 @@ import mlflow
 from mlflow_monitor_plugin.config import api
 from mlflow_monitor_plugin.discovery.checkpoint import lag_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
-from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states
+from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states, session_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
@@ -29,17 +30,37 @@ DEMO_EXPERIMENT = "mlflow-monitor-demo"
 def test_judges(
     experiment_id: str | None, experiment_name: str | None, max_traces: int
 ) -> list[dict[str, Any]]:
-    """Run every configured judge on the latest traces; write nothing; one row per judge."""
+    """Run every configured judge on the latest traces (a session judge on the sessions they
+    belong to, whole); write nothing; one row per judge."""
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
-    traces = TraceSource(monitor.experiment_id).latest(max_traces)
+    source = TraceSource(monitor.experiment_id)
+    traces = source.latest(max_traces)
     runner = JudgeRunner(ScoringSettings(attempts=1))
     judges = build_judges(monitor.assessments_config)
     rows = {j.name: Counter(traces=len(traces)) for j in judges}
-    examples: dict[str, str] = {}
-    tasks = []
-    for trace in traces:
-        for judge in judges:
-            if judge.applies_to(trace):
+    examples = {j.name: f"unavailable: {j.unavailable}" for j in judges if j.unavailable}
+    judges = [j for j in judges if not j.unavailable]
+    infos = [t.info for t in traces]
+    filters = {j.filter_string for j in judges if j.filter_string}
+    matching = {f: source.matching(infos, f) for f in filters}
+    sessions = _sessions_of(monitor.experiment_id, infos) if any(j.session for j in judges) else []
+    tasks: list[Any] = []
+    for judge in judges:
+        wanted = matching.get(judge.filter_string) if judge.filter_string else None
+        if judge.session:
+            rows[judge.name]["traces"] = len(sessions)  # sessions, for a session judge
+            for first, session in sessions:
+                if wanted is not None and first.info.trace_id not in wanted:
+                    rows[judge.name]["not_applicable"] += 1
+                elif judge.applies_to_session(session):
+                    tasks.append((first, judge, session))
+                else:
+                    rows[judge.name]["not_applicable"] += 1
+            continue
+        for trace in traces:
+            if wanted is not None and trace.info.trace_id not in wanted:
+                rows[judge.name]["not_applicable"] += 1
+            elif judge.applies_to(trace):
                 tasks.append((trace, judge))
             else:
                 rows[judge.name]["not_applicable"] += 1
@@ -61,6 +82,20 @@ def test_judges(
     ]  # fmt: skip
 
 
+def _sessions_of(experiment_id: str, infos: list[Any]) -> list[tuple[Any, list[Any]]]:
+    """The sessions the traces belong to, whole: (first trace, every trace), full traces."""
+    source = SessionSource(experiment_id)
+    found = []
+    for session_id in session_ids(infos):
+        session = source.session(session_id)
+        if session is None:
+            continue
+        traces = source.traces.fetch([i.trace_id for i in session.infos])
+        if traces:
+            found.append((traces[0], traces))
+    return found
+
+
 def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, Any]:
     """The checkpoint, the lag behind the newest trace, and per judge the source its verdicts
     carry and counts over all traces."""
@@ -68,15 +103,21 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
     source = engine.source
-    judges = build_judges(monitor.assessments_config)
-    counts = {j.name: Counter() for j in judges}
+    all_judges = build_judges(monitor.assessments_config)
+    unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
+    judges = [j for j in all_judges if not j.session]
+    counts = {j.name: Counter() for j in all_judges}
     for page in source.infos_after(None, 500):
+        filters = {j.filter_string for j in judges if j.filter_string}
+        matching = {f: source.matching(page, f) for f in filters}
         for info in page:
             states = judge_states(info, monitor.monitor_id)
             behind = cursor.score is not None and not cursor.score.is_before(
                 info.timestamp_ms, info.trace_id
             )
             for judge in judges:
+                if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
+                    continue
                 c = counts[judge.name]
                 c["eligible"] += 1
                 if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
@@ -91,6 +132,9 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
                     c["not_applicable"] += 1
                 else:
                     c["pending"] += 1
+    session_judges = [j for j in all_judges if j.session and not j.unavailable]
+    if session_judges:
+        _count_sessions(monitor, session_judges, counts)
     newest = source.newest_timestamp_ms()
     lag = lag_ms(cursor.score, newest)
     return {
@@ -101,8 +145,9 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "export_uri": monitor.export_uri,
         "judges": [
             {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
-             ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")}}
-            for j in judges
+             ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")},
+             **({"unavailable": unavailable[j.name]} if j.name in unavailable else {})}
+            for j in all_judges
         ],
     }  # fmt: skip
 
@@ -111,6 +156,33 @@ def _source_fields(judge: JudgeSpec) -> dict[str, str]:
     """The source a judge's verdicts carry, as the MLflow UI shows it beside each verdict."""
     source = judge_source(judge)
     return {"source_type": source.source_type, "source_id": source.source_id or ""}
+
+
+def _count_sessions(monitor: Any, judges: list[Any], counts: dict[str, Counter]) -> None:
+    """Per session judge, the experiment's sessions: eligible, sampled, judged in their
+    current version (scored), failed, or pending (not quiet yet, or not reached yet)."""
+    source = SessionSource(monitor.experiment_id)
+    seen: set[str] = set()
+    for page in source.trace_pages(None, int(time.time() * 1000) + 1, page_size=500):
+        for session_id in session_ids(page):
+            session = None if session_id in seen else source.session(session_id)
+            seen.add(session_id)
+            if session is None:
+                continue
+            states = session_states(session.first, monitor.monitor_id)
+            for judge in judges:
+                c = counts[judge.name]
+                c["eligible"] += 1
+                if not is_sampled(session_id, monitor.monitor_id, judge.rate):
+                    continue
+                c["sampled"] += 1
+                state = states.get(judge.name)
+                if state and state.done(session.version):
+                    c["scored"] += 1
+                elif state and state.errors:
+                    c["failed"] += 1
+                else:
+                    c["pending"] += 1
 
 
 def load_example_app() -> ModuleType:

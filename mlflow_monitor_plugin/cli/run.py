@@ -55,6 +55,14 @@ def engine_options(func: Any) -> Any:
             help="Seconds behind the checkpoint that the sweep for late traces revisits.",
         ),
         click.option("--no-export", is_flag=True, help="Score only; do not export traces."),
+        click.option(
+            "--session-quiet",
+            default=300.0,
+            show_default=True,
+            type=click.FloatRange(min=0),
+            help="Seconds without a new trace after which a session is judged by the session "
+            "judges (judged again if it continues).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -69,11 +77,13 @@ def _settings(
     max_failed_passes: int,
     late_window: float,
     no_export: bool,
+    session_quiet: float = 300.0,
 ) -> EngineSettings:
     return EngineSettings(
         max_failed_passes=max_failed_passes,
         late_window_s=late_window,
         export=not no_export,
+        session_quiet_s=session_quiet,
         scoring=ScoringSettings(workers=workers, processes=processes, attempts=attempts),
     )
 
@@ -201,6 +211,9 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
             "pending",
         ],
     )
+    for row in status["judges"]:
+        if row.get("unavailable"):
+            click.echo(f"unavailable: {row['judge']}: {row['unavailable']}")
 
 
 @click.command("demo")

@@ -72,6 +72,29 @@ def _absolute(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
+def check_filters(suite: AssessmentsSuiteConfig, experiment_id: str, client: MlflowClient) -> None:
+    """Every judge's ``filter_string``, tried in one real search of the experiment's traces, so
+    a filter MLflow rejects is refused now with MLflow's own message, not in the daemon."""
+    from mlflow.exceptions import MlflowException
+
+    for index, judge in enumerate(suite.assessments or []):
+        if not judge.filter_string:
+            continue
+        try:
+            client.search_traces(
+                locations=[experiment_id],
+                filter_string=judge.filter_string,
+                max_results=1,
+                include_spans=False,
+            )
+        except MlflowException as e:
+            raise MonitorConfigError(
+                f"assessments[{index}].filter_string",
+                judge.filter_string,
+                f"expected a trace search filter MLflow accepts; MLflow says: {e.message}",
+            ) from None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -98,6 +121,7 @@ def create_external_monitor(
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
     tags = store.experiment_tags(exp_id)
+    check_filters(suite, exp_id, store.client)
     if CONFIG_TAG in tags:
         raise MonitorExistsError(
             f"Experiment {exp_id} already has a monitor; use update_external_monitor() to change "
@@ -149,6 +173,7 @@ def update_external_monitor(
     current = store.read_config(exp_id)
     if current is None:
         raise MonitorNotFoundError(f"Experiment {exp_id} has no monitor to update.")
+    check_filters(suite, exp_id, store.client)
     updated = ExternalMonitor(
         experiment_id=exp_id,
         assessments_config=suite,

@@ -6,158 +6,54 @@ Pure: nothing here talks to MLflow or reads the clock. Every validation failure 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from mlflow_monitor_plugin.config.catalog import check_options, judge_info
+from mlflow_monitor_plugin.config.checks import (
+    check_filter,
+    check_identifier,
+    check_model,
+    check_rate,
+)
+from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge, custom_judge_from_dict
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 
 SCHEMA_VERSION = 1
 
-#: The Databricks LLM judges, by the name a user writes in ``BuiltinJudge(name=...)``.
-LLM_JUDGES = ("safety", "groundedness", "relevance_to_query", "chunk_relevance")
-
-#: MLflow's deterministic scorers (no LLM), with the arguments each accepts.
-DETERMINISTIC_JUDGES: dict[str, tuple[str, ...]] = {
-    "pii_detection": ("pii_types",),
-    "response_length": ("min_length", "max_length", "unit"),
-    "regex_match": ("pattern", "match_type", "case_insensitive"),
-}
-
-BUILTIN_JUDGES = LLM_JUDGES + tuple(DETERMINISTIC_JUDGES)
-
-PII_TYPES = ("email", "phone", "ssn", "credit_card", "ip_address")
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _GUIDELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
-_MODEL_URI = re.compile(r"^[A-Za-z0-9_\-]+:/.+$")
-
-
-def _check_rate(field_name: str, value: Any, *, optional: bool) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise MonitorConfigError(field_name, value, "expected a number between 0.0 and 1.0")
-    if not 0.0 <= value <= 1.0:
-        raise MonitorConfigError(field_name, value, "expected a number between 0.0 and 1.0")
-    return float(value)
-
-
-def _check_model(field_name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _MODEL_URI.match(value):
-        raise MonitorConfigError(
-            field_name, value, "expected an MLflow model URI such as 'openai:/gpt-4o-mini'"
-        )
-    return value
-
-
-def check_identifier(field_name: str, value: Any) -> str:
-    """Catalog and schema names: letters, digits and underscores, not starting with a digit."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
-        raise MonitorConfigError(
-            field_name,
-            value,
-            "expected 1-255 letters, digits and underscores, not starting with a digit",
-        )
-    return value
-
-
-def _check_builtin_args(name: str, args: Any) -> dict[str, Any]:
-    field_name = f"BuiltinJudge({name!r}).args"
-    if args is None:
-        args = {}
-    if not isinstance(args, Mapping):
-        raise MonitorConfigError(field_name, args, "expected a dict of scorer arguments")
-    allowed = DETERMINISTIC_JUDGES.get(name, ())
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        what = f"expected only {', '.join(allowed)}" if allowed else "expected no arguments"
-        raise MonitorConfigError(field_name, dict(args), f"{what} (unknown: {', '.join(unknown)})")
-    args = dict(args)
-    if name == "regex_match":
-        _check_regex_args(field_name, args)
-    elif name == "response_length":
-        _check_length_args(field_name, args)
-    elif name == "pii_detection" and "pii_types" in args:
-        types = args["pii_types"]
-        if not isinstance(types, list) or not types or any(t not in PII_TYPES for t in types):
-            raise MonitorConfigError(
-                f"{field_name}.pii_types", types, f"expected a non-empty list of {list(PII_TYPES)}"
-            )
-    return args
-
-
-def _check_regex_args(field_name: str, args: dict[str, Any]) -> None:
-    pattern = args.get("pattern")
-    if not isinstance(pattern, str) or not pattern:
-        raise MonitorConfigError(f"{field_name}.pattern", pattern, "expected a regular expression")
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise MonitorConfigError(
-            f"{field_name}.pattern", pattern, f"expected a valid regular expression ({e})"
-        ) from None
-    if args.get("match_type", "search") not in ("search", "fullmatch"):
-        raise MonitorConfigError(
-            f"{field_name}.match_type", args["match_type"], "expected 'search' or 'fullmatch'"
-        )
-    if not isinstance(args.get("case_insensitive", False), bool):
-        raise MonitorConfigError(
-            f"{field_name}.case_insensitive", args["case_insensitive"], "expected true or false"
-        )
-
-
-def _check_length_args(field_name: str, args: dict[str, Any]) -> None:
-    for key in ("min_length", "max_length"):
-        value = args.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            raise MonitorConfigError(f"{field_name}.{key}", value, "expected an integer >= 0")
-    lo, hi = args.get("min_length"), args.get("max_length")
-    if lo is None and hi is None:
-        raise MonitorConfigError(field_name, args, "expected min_length, max_length or both")
-    if lo is not None and hi is not None and lo > hi:
-        raise MonitorConfigError(field_name, args, "expected min_length <= max_length")
-    if args.get("unit", "chars") not in ("chars", "words"):
-        raise MonitorConfigError(f"{field_name}.unit", args["unit"], "expected 'chars' or 'words'")
 
 
 @dataclass
 class BuiltinJudge:
-    """A built-in judge: one of the Databricks four, or an MLflow deterministic scorer.
+    """A built-in judge by name (see ``mlflow monitor judges``), with its scorer's options.
 
-    ``args`` carries a deterministic scorer's arguments, e.g.
-    ``BuiltinJudge(name="regex_match", args={"pattern": "^Answer:"})``.
+    ``args`` carries the options, e.g. ``BuiltinJudge(name="regex_match", args={"pattern":
+    "^Answer:"})``; ``filter_string`` (MLflow trace search syntax) limits the judge to the
+    traces it matches (for a session judge: sessions whose first trace matches).
     """
 
     name: str
     sample_rate: float | None = None
     model: str | None = None
     args: dict[str, Any] | None = None
+    filter_string: str | None = None
 
     def validate(self) -> BuiltinJudge:
-        if self.name not in BUILTIN_JUDGES:
+        info = judge_info("BuiltinJudge.name", self.name)
+        where = f"BuiltinJudge({self.name!r})"
+        rate = check_rate(f"{where}.sample_rate", self.sample_rate, optional=True)
+        model = check_model(f"{where}.model", self.model)
+        if model is not None and not info.llm:
             raise MonitorConfigError(
-                "BuiltinJudge.name", self.name, f"expected one of {list(BUILTIN_JUDGES)}"
+                f"{where}.model", model, "expected no model: deterministic scorers call no LLM"
             )
-        rate = _check_rate(
-            f"BuiltinJudge({self.name!r}).sample_rate", self.sample_rate, optional=True
-        )
-        model = _check_model(f"BuiltinJudge({self.name!r}).model", self.model)
-        if model is not None and self.name in DETERMINISTIC_JUDGES:
-            raise MonitorConfigError(
-                f"BuiltinJudge({self.name!r}).model",
-                model,
-                "expected no model: deterministic scorers call no LLM",
-            )
-        args = _check_builtin_args(self.name, self.args)
-        return BuiltinJudge(self.name, rate, model, args or None)
+        args = check_options(info, self.args, f"{where}.args")
+        filter_string = check_filter(f"{where}.filter_string", self.filter_string)
+        return BuiltinJudge(self.name, rate, model, args or None, filter_string)
 
     @property
     def feedback_names(self) -> tuple[str, ...]:
@@ -165,7 +61,7 @@ class BuiltinJudge:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
-        for key in ("sample_rate", "model", "args"):
+        for key in ("sample_rate", "model", "args", "filter_string"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -178,6 +74,7 @@ class GuidelinesJudge:
     guidelines: dict[str, list[str]]
     sample_rate: float | None = None
     model: str | None = None
+    filter_string: str | None = None
 
     def validate(self) -> GuidelinesJudge:
         if not isinstance(self.guidelines, Mapping) or not self.guidelines:
@@ -203,9 +100,12 @@ class GuidelinesJudge:
                     texts,
                     "expected a non-empty list of non-empty strings",
                 )
-        rate = _check_rate("GuidelinesJudge.sample_rate", self.sample_rate, optional=True)
-        model = _check_model("GuidelinesJudge.model", self.model)
-        return GuidelinesJudge({k: list(v) for k, v in self.guidelines.items()}, rate, model)
+        rate = check_rate("GuidelinesJudge.sample_rate", self.sample_rate, optional=True)
+        model = check_model("GuidelinesJudge.model", self.model)
+        filter_string = check_filter("GuidelinesJudge.filter_string", self.filter_string)
+        return GuidelinesJudge(
+            {k: list(v) for k, v in self.guidelines.items()}, rate, model, filter_string
+        )
 
     @property
     def feedback_names(self) -> tuple[str, ...]:
@@ -213,50 +113,59 @@ class GuidelinesJudge:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"guidelines": self.guidelines}
-        for key in ("sample_rate", "model"):
+        for key in ("sample_rate", "model", "filter_string"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
 
 
-Judge = BuiltinJudge | GuidelinesJudge
+Judge = BuiltinJudge | GuidelinesJudge | CustomJudge | CodeJudge
+_FORMS = (
+    "BuiltinJudge, GuidelinesJudge, CustomJudge, CodeJudge or a dict with 'name' or 'guidelines'"
+)
 
 
 def judge_from_dict(value: Any, index: int = 0) -> Judge:
-    """Read a judge from its object or its Databricks dict form."""
-    if isinstance(value, (BuiltinJudge, GuidelinesJudge)):
+    """Read a judge from its object or its dict form (Databricks' for the built-ins)."""
+    if isinstance(value, (BuiltinJudge, GuidelinesJudge, CustomJudge, CodeJudge)):
         return value.validate()
     field_name = f"assessments[{index}]"
     if not isinstance(value, Mapping):
-        raise MonitorConfigError(
-            field_name,
-            value,
-            "expected BuiltinJudge, GuidelinesJudge or a dict with 'name' or 'guidelines'",
-        )
+        raise MonitorConfigError(field_name, value, f"expected {_FORMS}")
+    if value.get("kind") in ("custom", "code") or "instructions" in value:
+        return custom_judge_from_dict(value, field_name)
     keys = set(value)
     if "guidelines" in value:
-        extra = keys - {"guidelines", "sample_rate", "model", "name"}
+        extra = keys - {"guidelines", "sample_rate", "model", "name", "filter_string"}
         if extra or value.get("name", "guidelines") != "guidelines":
             raise MonitorConfigError(
                 field_name,
                 dict(value),
-                "expected a guidelines judge with guidelines, sample_rate, model",
+                "expected a guidelines judge with guidelines, sample_rate, model, filter_string",
             )
         return GuidelinesJudge(
-            value["guidelines"], value.get("sample_rate"), value.get("model")
+            value["guidelines"],
+            value.get("sample_rate"),
+            value.get("model"),
+            value.get("filter_string"),
         ).validate()
     if "name" in value:
-        extra = keys - {"name", "sample_rate", "model", "args"}
+        extra = keys - {"name", "sample_rate", "model", "args", "filter_string"}
         if extra:
             raise MonitorConfigError(
                 field_name,
                 dict(value),
-                f"expected only name, sample_rate, model, args (unknown: {sorted(extra)})",
+                "expected only name, sample_rate, model, args, filter_string "
+                f"(unknown: {sorted(extra)})",
             )
         return BuiltinJudge(
-            value["name"], value.get("sample_rate"), value.get("model"), value.get("args")
+            value["name"],
+            value.get("sample_rate"),
+            value.get("model"),
+            value.get("args"),
+            value.get("filter_string"),
         ).validate()
-    raise MonitorConfigError(field_name, dict(value), "expected a dict with 'name' or 'guidelines'")
+    raise MonitorConfigError(field_name, dict(value), f"expected {_FORMS}")
 
 
 @dataclass
@@ -269,12 +178,12 @@ class AssessmentsSuiteConfig:
     model: str | None = None
 
     def validate(self) -> AssessmentsSuiteConfig:
-        sample = _check_rate("AssessmentsSuiteConfig.sample", self.sample, optional=True)
+        sample = check_rate("AssessmentsSuiteConfig.sample", self.sample, optional=True)
         if self.paused is not None and not isinstance(self.paused, bool):
             raise MonitorConfigError(
                 "AssessmentsSuiteConfig.paused", self.paused, "expected true or false"
             )
-        model = _check_model("AssessmentsSuiteConfig.model", self.model)
+        model = check_model("AssessmentsSuiteConfig.model", self.model)
         raw = self.assessments if self.assessments is not None else []
         if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Sequence):
             raise MonitorConfigError(
@@ -411,7 +320,9 @@ class ExternalMonitor:
             if isinstance(judge, GuidelinesJudge):
                 for name, texts in judge.guidelines.items():
                     lines.append(f"    - {name} (guidelines, {len(texts)} rule(s)) @ {rate:g}")
-            else:
-                extra = f" {judge.args}" if judge.args else ""
-                lines.append(f"    - {judge.name}{extra} @ {rate:g}")
+                continue
+            kind = {CustomJudge: " (custom)", CodeJudge: " (code)"}.get(type(judge), "")
+            extra = f" {judge.args}" if getattr(judge, "args", None) else ""
+            where = f" where {judge.filter_string}" if judge.filter_string else ""
+            lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
         return "\n".join(lines)

@@ -37,11 +37,13 @@ class TraceSource:
         checkpoint: Checkpoint | None,
         page_size: int = 200,
         until_ms: int | None = None,
+        where: str | None = None,
     ) -> Iterator[list[TraceInfo]]:
-        """Pages of trace infos strictly after ``checkpoint`` (and started before ``until_ms``)."""
+        """Pages of trace infos strictly after ``checkpoint`` (and started before ``until_ms``;
+        and matching ``where``, a search filter, when given)."""
         cursor = checkpoint or Checkpoint(0, "")
         while True:
-            page, more = self._page_from(cursor, page_size, until_ms)
+            page, more = self._page_from(cursor, page_size, until_ms, where)
             if page:
                 yield page
                 cursor = Checkpoint(page[-1].timestamp_ms, page[-1].trace_id)
@@ -49,12 +51,14 @@ class TraceSource:
                 return
 
     def _page_from(
-        self, cursor: Checkpoint, page_size: int, until_ms: int | None
+        self, cursor: Checkpoint, page_size: int, until_ms: int | None, where: str | None = None
     ) -> tuple[list[TraceInfo], bool]:
         """The next infos after ``cursor``, and whether the store may hold more."""
         conditions = [FINISHED, NOT_EVALUATION, f"trace.timestamp_ms >= {cursor.timestamp_ms}"]
         if until_ms is not None:
             conditions.append(f"trace.timestamp_ms < {until_ms}")
+        if where:
+            conditions.append(where)
         token = None
         while True:  # more than a page may share the cursor's millisecond: page past them
             result = self.client.search_traces(
@@ -72,6 +76,31 @@ class TraceSource:
             if infos or not more or not result.token:
                 return infos, more and bool(infos)
             token = result.token
+
+    def matching(self, infos: list[TraceInfo], filter_string: str) -> set[str]:
+        """The ids among ``infos`` that ``filter_string`` (MLflow's trace search syntax) matches:
+        one search over their time range, paged."""
+        if not infos:
+            return set()
+        wanted = {i.trace_id for i in infos}
+        low = min(i.timestamp_ms for i in infos)
+        high = max(i.timestamp_ms for i in infos)
+        conditions = [FINISHED, NOT_EVALUATION, filter_string,
+                      f"trace.timestamp_ms >= {low}", f"trace.timestamp_ms <= {high}"]  # fmt: skip
+        found: set[str] = set()
+        token = None
+        while True:
+            result = self.client.search_traces(
+                locations=[self.experiment_id],
+                filter_string=" AND ".join(conditions),
+                max_results=500,
+                page_token=token,
+                include_spans=False,
+            )
+            found.update(t.info.trace_id for t in result if t.info.trace_id in wanted)
+            token = result.token
+            if not token or not result:
+                return found
 
     def newest_timestamp_ms(self) -> int | None:
         result = self.client.search_traces(

@@ -27,6 +27,7 @@ from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.lease import Lease, new_owner
+from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
@@ -47,6 +48,7 @@ class EngineSettings:
     sweep_every_s: float = 120.0
     lease_ttl_s: float = 60.0
     resync_every_s: float = 3600.0  # re-export yesterday and today, for later feedback; 0: off
+    session_quiet_s: float = 300.0  # a session is judged once quiet this long (engine/sessions.py)
     export: bool = True
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
@@ -156,6 +158,8 @@ class MonitorEngine:
         self._last_resync_ms: int | None = None
         self._export_retry_at_ms = 0
         self._export_failures = 0
+        self._reported: set[tuple[str, str]] = set()  # unavailable judges already logged
+        self._sessions: SessionPass | None = None
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
 
     @classmethod
@@ -221,7 +225,8 @@ class MonitorEngine:
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
         export = self._export_for(monitor, now_ms)
         cursor = self.read_cursor(monitor)
-        ctx = PassContext(monitor, judges, writer, cursor, export, stats)
+        trace_judges = [j for j in judges if not j.session]
+        ctx = PassContext(monitor, trace_judges, writer, cursor, export, stats)
         pages = self.source.infos_after(cursor.start(export is not None), self.settings.page_size)
         for done, page in enumerate(pages, start=1):
             self._process(ctx, page)
@@ -229,6 +234,11 @@ class MonitorEngine:
             self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
             if max_pages is not None and done >= max_pages:
                 break
+        session_judges = [j for j in judges if j.session]
+        if session_judges:
+            renew = lambda: self.acquire_lease(int(time.time() * 1000))  # noqa: E731
+            logged = self.sessions.run(monitor, session_judges, writer, stats.count, now_ms, renew)
+            stats.feedback_logged += logged
         if self._sweep_due(now_ms):
             self._sweep(ctx, now_ms)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
@@ -236,10 +246,27 @@ class MonitorEngine:
         stats.seconds = time.monotonic() - started
         return stats
 
+    @property
+    def sessions(self) -> SessionPass:
+        """The pass of the session judges, made on first use."""
+        if self._sessions is None:
+            client = self.source.client
+            self._sessions = SessionPass.create(
+                self.experiment_id, self.tags, client, self.settings
+            )
+        return self._sessions
+
     def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
         if monitor.assessments_config.paused:
             return []
-        judges = build_judges(monitor.assessments_config)
+        judges = []
+        for judge in build_judges(monitor.assessments_config):
+            if judge.unavailable:
+                if (judge.name, judge.unavailable) not in self._reported:
+                    self._reported.add((judge.name, judge.unavailable))
+                    _logger.warning("Judge %s is unavailable: %s", judge.name, judge.unavailable)
+            else:
+                judges.append(judge)
         if not llm_endpoint_configured():
             judges = [j for j in judges if not j.is_llm]
         return judges
@@ -274,10 +301,14 @@ class MonitorEngine:
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
         monitor, judges, writer = ctx.monitor, ctx.judges, ctx.writer
         due: Due = {}
+        filters = {j.filter_string for j in judges if j.filter_string}
+        matching = {f: self.source.matching(infos, f) for f in filters}  # per-judge filters
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
             retry_only = seen is not None and seen(info, states)
             for judge in judges:
+                if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
+                    continue
                 stats.count(judge.name, "eligible")
                 if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
                     continue

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-from mlflow.entities import AssessmentError, AssessmentSource, AssessmentSourceType, TraceInfo
+from mlflow.entities import (
+    AssessmentError,
+    AssessmentSource,
+    AssessmentSourceType,
+    Feedback,
+    TraceInfo,
+)
 
 from mlflow_monitor_plugin.redact import redact
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec
@@ -33,6 +39,7 @@ VERDICT_KEY = "mlflow_monitor.verdict_id"
 PARTS_KEY = "mlflow_monitor.parts"
 CONFIG_VERSION_KEY = "mlflow_monitor.config_version"
 FAILED_PASSES_KEY = "mlflow_monitor.failed_passes"
+SESSION_VERSION_KEY = "mlflow_monitor.session_version"  # on a session judge's verdicts
 CODE_SOURCE_PREFIX = "mlflow_monitor/"
 # What MLflow's Feedback carries when its maker named no one: never a judge's name.
 _ANONYMOUS_SOURCE_IDS = (None, "", "default")
@@ -87,6 +94,8 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
         meta = assessment.metadata or {}
         if meta.get(MONITOR_KEY) != monitor_id or JUDGE_KEY not in meta:
             continue
+        if SESSION_VERSION_KEY in meta:
+            continue  # a session's verdict: see session_states
         if getattr(assessment, "error", None) is not None:
             states[meta[JUDGE_KEY]].errors.append(assessment)
         else:
@@ -95,6 +104,47 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
         expected = int(group[0].metadata.get(PARTS_KEY, 1))
         state = states[judge]
         (state.complete if len(group) >= expected else state.partial).append(group)
+    return dict(states)
+
+
+@dataclass
+class SessionState:
+    """What a monitor has written for one session judge on the session's first trace: its
+    verdicts (the newest valid one supersedes the older ones, which are kept invalid) and
+    errors. A verdict a person has overridden is invalid too, and still counts as done."""
+
+    verdicts: list[Any] = field(default_factory=list)
+    errors: list[Any] = field(default_factory=list)
+
+    def done(self, version: str) -> bool:
+        return any(a.metadata.get(SESSION_VERSION_KEY) == version for a in self.verdicts)
+
+    @property
+    def current(self) -> Any | None:
+        valid = [a for a in self.verdicts if a.valid is not False]
+        return max(valid, key=lambda a: a.create_time_ms, default=None)
+
+    @property
+    def failed_passes(self) -> int:
+        return max((int(a.metadata.get(FAILED_PASSES_KEY, 1)) for a in self.errors), default=0)
+
+    def as_judge_state(self) -> JudgeState:
+        """The errors, as ``FeedbackWriter.write`` replaces them."""
+        return JudgeState(errors=list(self.errors))
+
+
+def session_states(info: TraceInfo, monitor_id: str) -> dict[str, SessionState]:
+    """This monitor's session verdicts on a session's first trace, by judge."""
+    states: dict[str, SessionState] = defaultdict(SessionState)
+    for assessment in info.assessments or []:
+        meta = assessment.metadata or {}
+        if meta.get(MONITOR_KEY) != monitor_id or SESSION_VERSION_KEY not in meta:
+            continue
+        state = states[meta.get(JUDGE_KEY, "")]
+        if getattr(assessment, "error", None) is not None:
+            state.errors.append(assessment)
+        else:
+            state.verdicts.append(assessment)
     return dict(states)
 
 
@@ -107,11 +157,13 @@ class FeedbackWriter:
         config_version: int,
         log_feedback: Callable[..., Any] = mlflow.log_feedback,
         delete_assessment: Callable[..., Any] = mlflow.delete_assessment,
+        log_assessment: Callable[..., Any] = mlflow.log_assessment,
     ):
         self.monitor_id = monitor_id
         self.config_version = config_version
         self._log = log_feedback
         self._delete = delete_assessment
+        self._log_assessment = log_assessment
 
     def _metadata(self, judge: str, verdict_id: str, parts: int) -> dict[str, str]:
         return {
@@ -130,21 +182,25 @@ class FeedbackWriter:
         judge = verdict.judge
         if verdict.ok:
             for feedback in verdict.feedbacks:
-                self._log(
-                    trace_id=trace_id,
+                fields = dict(
                     name=feedback.name,
                     value=feedback.value,
                     rationale=redact(feedback.rationale) if feedback.rationale else None,
                     source=_feedback_source(feedback, judge),
                     metadata={
                         **{k: str(v) for k, v in (feedback.metadata or {}).items()},
+                        **verdict.metadata,
                         **self._metadata(judge.name, verdict_id, len(verdict.feedbacks)),
                     },
                     span_id=feedback.span_id or verdict.root_span_id,
                 )
+                if verdict.overrides:  # the store marks the superseded verdict invalid
+                    self._log_assessment(trace_id, Feedback(**fields, overrides=verdict.overrides))
+                else:
+                    self._log(trace_id=trace_id, **fields)
             stale = state.errors + [a for group in state.partial for a in group]
         else:
-            metadata = self._metadata(judge.name, verdict_id, 1)
+            metadata = {**verdict.metadata, **self._metadata(judge.name, verdict_id, 1)}
             passes = state.failed_passes + 1 if charge else max(state.failed_passes, 1)
             metadata[FAILED_PASSES_KEY] = str(passes)
             self._log(

@@ -41,6 +41,8 @@ class Verdict:
     seconds: float = 0.0
     skipped: bool = False  # not tried: the judge failed every call before it in this run
     root_span_id: str | None = None  # where feedback without a span of its own is attached
+    metadata: dict[str, str] = field(default_factory=dict)  # more metadata for its feedback
+    overrides: str | None = None  # the assessment a session's newer verdict supersedes
 
     @property
     def ok(self) -> bool:
@@ -83,14 +85,36 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
 
 
 def _as_feedbacks(value: Any, name: str) -> list[Feedback]:
+    """A scorer's result as feedbacks; a result no verdict can be made of raises (a code judge
+    returning None or an object, or a Feedback carrying an error), so it is retried and then
+    logged as error feedback like any other failure."""
     items = value if isinstance(value, list) else [value]
+    if not items:
+        raise TypeError(f"{name} returned an empty list, expected a value or Feedback")
     feedbacks = []
     for item in items:
         if isinstance(item, Feedback):
+            if item.error is not None:
+                raise ScorerError(item.error.error_code, item.error.error_message)
+            if item.value is None:
+                raise TypeError(f"{name} returned a Feedback without a value")
             feedbacks.append(item)
-        else:  # a scorer returning a bare value
+        elif isinstance(item, (bool, int, float, str)):  # a scorer returning a bare value
             feedbacks.append(Feedback(name=name, value=item))
+        else:
+            raise TypeError(
+                f"{name} returned {type(item).__name__}, expected int, float, bool, str, "
+                "Feedback or a list of Feedback"
+            )
     return feedbacks
+
+
+class ScorerError(Exception):
+    """A scorer answered with an error feedback instead of raising."""
+
+    def __init__(self, code: str | None, message: str | None):
+        super().__init__(message or "the scorer returned an error")
+        self.error_code = code or "SCORER_ERROR"
 
 
 def root_span_id(trace: Trace) -> str | None:
@@ -124,7 +148,8 @@ def _preload_lazy_imports() -> None:
 
 
 class JudgeRunner:
-    """Runs (trace, judge) tasks on a thread pool; yields verdicts as they complete."""
+    """Runs (trace, judge) tasks, or (first trace, judge, session) for session judges, on a
+    thread pool; yields verdicts as they complete."""
 
     def __init__(
         self,
@@ -146,13 +171,17 @@ class JudgeRunner:
                 self._scorers[judge] = judge.make()
             return self._scorers[judge]
 
-    def score_one(self, trace: Trace, judge: JudgeSpec) -> Verdict:
+    def score_one(
+        self, trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None
+    ) -> Verdict:
+        """One judge on one trace; a session judge on ``session``, its verdict for ``trace``
+        (the session's first, where MLflow's own session scoring attaches it)."""
         started = time.monotonic()
         verdict = Verdict(trace.info.trace_id, judge, root_span_id=root_span_id(trace))
         for attempt in range(self.settings.attempts):
             verdict.attempts = attempt + 1
             try:
-                value = self._scorer(judge)(trace=trace)
+                value = judge.call(self._scorer(judge), trace, session)
                 verdict.feedbacks = _as_feedbacks(value, judge.name)
                 verdict.error = verdict.error_code = None
                 break
@@ -171,7 +200,7 @@ class JudgeRunner:
 
     def run(
         self,
-        tasks: Iterable[tuple[Trace, JudgeSpec]],
+        tasks: Iterable[tuple[Trace, JudgeSpec] | tuple[Trace, JudgeSpec, list[Trace]]],
         then: Callable[[Verdict], Any] | None = None,
     ) -> Iterator[tuple[Verdict, Any]]:
         """Score each task; ``then(verdict)`` runs in the same worker thread (writes are
@@ -181,7 +210,9 @@ class JudgeRunner:
             return
         self._failing.clear()
 
-        def work(trace: Trace, judge: JudgeSpec) -> tuple[Verdict, Any]:
+        def work(
+            trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None
+        ) -> tuple[Verdict, Any]:
             if self._failing.get(judge.name, 0) >= self.settings.breaker_after:
                 error = (
                     f"not tried: {judge.name} failed {self.settings.breaker_after} calls in a row"
@@ -194,7 +225,7 @@ class JudgeRunner:
                     root_span_id=root_span_id(trace),
                 )
                 return verdict, None
-            verdict = self.score_one(trace, judge)
+            verdict = self.score_one(trace, judge, session)
             with self._lock:
                 failures = 0 if verdict.ok else self._failing.get(judge.name, 0) + 1
                 self._failing[judge.name] = failures
@@ -202,6 +233,6 @@ class JudgeRunner:
 
         workers = max(1, min(self.settings.workers, len(tasks)))
         with ThreadPoolExecutor(workers, thread_name_prefix="mlflow-monitor-judge") as pool:
-            futures = [pool.submit(work, trace, judge) for trace, judge in tasks]
+            futures = [pool.submit(work, *task) for task in tasks]
             for future in as_completed(futures):
                 yield future.result()
