@@ -101,7 +101,8 @@ def build(
             estimated_failing_traces=round(w.estimated_failing, 1),
         )
         payload["failing_traces"]["count"] = w.failures
-    payload["text"] = summary(payload) + _details(payload)
+    payload["title"] = summary(payload)
+    payload["text"] = payload["title"] + _details(payload)
     return payload
 
 
@@ -124,8 +125,7 @@ def _details(payload: dict[str, Any]) -> str:
 
 def to_slack(payload: dict[str, Any]) -> dict[str, Any]:
     """A Slack-compatible body: ``text`` (notifications, other receivers) and ``blocks``."""
-    title = summary(payload)
-    details = payload["text"][len(title) :].strip()
+    title, _, details = payload["text"].partition("\n")
     return {
         "text": payload["text"],
         "blocks": [
