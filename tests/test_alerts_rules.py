@@ -3,6 +3,7 @@ and a seeded simulation of a healthy but noisy sampled stream counting false ala
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from mlflow_monitor_plugin import AlertRule, MonitorConfigError, WebhookTarget
 from mlflow_monitor_plugin.alerts import message
 from mlflow_monitor_plugin.alerts.evaluate import evaluate, look_confidence
-from mlflow_monitor_plugin.alerts.incidents import MAX_OUTBOX, RuleState, retry_delay_s, step
+from mlflow_monitor_plugin.alerts.incidents import (
+    MAX_OUTBOX,
+    RuleState,
+    fit,
+    retry_delay_s,
+    step,
+)
 from mlflow_monitor_plugin.alerts.stats import WindowStats, wilson_interval, window_start_ms
 from mlflow_monitor_plugin.config.alerts import parse_alert_spec, parse_duration, rules_from
 
@@ -185,6 +192,13 @@ def test_state_round_trips_and_outbox_is_bounded():
     again = RuleState.from_dict(state.to_dict(), "m1", r.name)
     assert again == state
     assert RuleState.from_dict(state.to_dict(), "other-monitor", r.name).state == "ok"
+    big = RuleState("m1", r.name)  # messages of 3,000 characters: ten would not fit a tag
+    for i in range(12):
+        step(big, r, bad, 10 * HOUR + i * 60_000,
+             lambda *a: {**_compose(*a), "text": "x" * 3000}, ["webhook:0"])  # fmt: skip
+    dropped = fit(big, 20_000)
+    assert len(json.dumps(big.to_dict())) <= 20_000 and len(big.outbox) == 10 - len(dropped) > 1
+    assert big.outbox[0]["event_id"].endswith("#firing") and len(big.history) == 1
     assert retry_delay_s(1, 1.0, 300, None) == 1.0 and retry_delay_s(20, 1.0, 300, None) == 300
     assert retry_delay_s(1, 1.0, 300, 120.0) == 120.0
 

@@ -9,6 +9,7 @@ its ``event_id``. Messages stay in the outbox until every target took them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,25 @@ class RuleState:
     def record(self, event: str, now_ms: int, **extra: Any) -> None:
         self.history.append({"at_ms": now_ms, "event": event, **extra})
         del self.history[:-MAX_HISTORY]
+
+
+def fit(state: RuleState, limit: int) -> list[str]:
+    """Shrink ``state`` until its JSON fits in ``limit`` characters: history first, then repeat
+    messages, then the oldest messages. Returns the event ids of messages dropped."""
+    dropped: list[str] = []
+    while len(json.dumps(state.to_dict())) > limit:
+        if len(state.history) > 1:
+            del state.history[0]
+            continue
+        if not state.outbox:
+            break
+        repeats = [
+            i
+            for i, e in enumerate(state.outbox)
+            if e["event_id"].rpartition("#")[2].startswith("firing.")
+        ]
+        dropped.append(state.outbox.pop(repeats[0] if repeats else 0)["event_id"])
+    return dropped
 
 
 def incident_id(monitor_id: str, rule: AlertRule, evaluation: Evaluation, now_ms: int) -> str:

@@ -17,12 +17,18 @@ from typing import Any
 
 from mlflow_monitor_plugin.alerts import message as msg
 from mlflow_monitor_plugin.alerts.evaluate import Evaluation, evaluate
-from mlflow_monitor_plugin.alerts.incidents import RuleState, retry_delay_s, step
+from mlflow_monitor_plugin.alerts.incidents import RuleState, fit, retry_delay_s, step
 from mlflow_monitor_plugin.alerts.notify import DeliverySettings, Notifier, target_keys
 from mlflow_monitor_plugin.alerts.stats import window_start_ms
 from mlflow_monitor_plugin.config.alerts import AlertRule
 from mlflow_monitor_plugin.config.model import ExternalMonitor
-from mlflow_monitor_plugin.config.tags import NAMESPACE, MonitorTags, join_document, parse_monitor
+from mlflow_monitor_plugin.config.tags import (
+    MAX_TAG_VALUE,
+    NAMESPACE,
+    MonitorTags,
+    join_document,
+    parse_monitor,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -202,6 +208,11 @@ class AlertRunner:
         )  # fmt: skip
 
     def _save(self, experiment_id: str, state: RuleState, now_ms: int) -> None:
+        for event_id in fit(state, MAX_TAG_VALUE):
+            _logger.error(
+                "Alert %s of experiment %s: the state tag is full; dropped the undelivered "
+                "message %s", state.rule, experiment_id, event_id,
+            )  # fmt: skip
         self.tags.write_json(experiment_id, state_key(state.rule), state.to_dict())
         self._saved_ms[(experiment_id, state.rule)] = now_ms
 
