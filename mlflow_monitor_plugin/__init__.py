@@ -5,6 +5,7 @@ The monitor API follows ``databricks.agents.monitoring``::
     from mlflow_monitor_plugin import create_external_monitor, AssessmentsSuiteConfig, BuiltinJudge
 """
 
+from mlflow_monitor_plugin.config.alerts import AlertRule, WebhookTarget
 from mlflow_monitor_plugin.config.api import (
     create_external_monitor,
     delete_external_monitor,
@@ -31,6 +32,7 @@ from mlflow_monitor_plugin.exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlertRule",
     "AssessmentsSuiteConfig",
     "BuiltinJudge",
     "CodeJudge",
@@ -43,6 +45,7 @@ __all__ = [
     "MonitorExistsError",
     "MonitorNotFoundError",
     "MonitorStorageError",
+    "WebhookTarget",
     "__version__",
     "create_external_monitor",
     "delete_external_monitor",

@@ -18,8 +18,9 @@ ALLOWED: dict[str, set[str]] = {
     "discovery": {"exceptions"},
     "scoring": {"exceptions", "redact", "config", "discovery"},
     "export": {"exceptions", "discovery"},
-    "engine": {"exceptions", "redact", "config", "discovery", "scoring", "export"},
-    "cli": {"exceptions", "redact", "config", "discovery", "scoring", "export", "engine"},
+    "alerts": {"exceptions", "redact", "config", "discovery"},
+    "engine": {"exceptions", "redact", "config", "discovery", "scoring", "export", "alerts"},
+    "cli": {"exceptions", "redact", "config", "discovery", "scoring", "export", "engine", "alerts"},
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from mlflow_monitor_plugin.cli import alerts as cli_alerts
 from mlflow_monitor_plugin.cli import export as cli_export
 from mlflow_monitor_plugin.cli import judges as cli_judges
 from mlflow_monitor_plugin.cli import run as cli_run
@@ -146,6 +147,7 @@ def monitor() -> None:
 @click.option("--schema-name", default="default", show_default=True, help="Export schema.")
 @click.option("--export-uri", help="Export location: a local path or a URI pyarrow understands.")
 @suite_options
+@cli_alerts.alert_option
 @output_option
 @handle_errors
 def create_command(
@@ -160,6 +162,7 @@ def create_command(
     sample: float | None,
     model: str | None,
     paused: bool,
+    alert_specs: tuple[str, ...],
     output: str,
 ) -> None:
     """Create the monitor of an experiment.
@@ -169,17 +172,21 @@ def create_command(
       mlflow monitor create -x 1 --judge safety --judge groundedness:0.4 --sample 0.5
       mlflow monitor create -x 1 --guideline "mlflow_only=Refuse questions unrelated to MLflow."
       mlflow monitor create -x 1 -f examples/monitor.yaml
+      mlflow monitor create -x 1 --judge safety --alert "safety.pass_rate<0.95 over 1h"
     """
     data = _read_file(config_file) if config_file else None
-    suite = build_suite(data, judges, guidelines, sample, model, paused)
+    suite = AssessmentsSuiteConfig.from_dict(
+        build_suite(data, judges, guidelines, sample, model, paused)
+    )
     file_args = data or {}
     created = api.create_external_monitor(
         catalog_name=file_args.get("catalog_name", catalog_name),
         schema_name=file_args.get("schema_name", schema_name),
-        assessments_config=AssessmentsSuiteConfig.from_dict(suite),
+        assessments_config=suite,
         experiment_id=experiment_id,
         experiment_name=experiment_name,
         export_uri=export_uri or file_args.get("export_uri"),
+        alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
     )
     print_monitor(created, output)
 
@@ -204,6 +211,7 @@ def get_command(experiment_id: str | None, experiment_name: str | None, output: 
 @monitor.command("update")
 @experiment_options
 @suite_options
+@cli_alerts.alert_option
 @output_option
 @handle_errors
 def update_command(
@@ -215,18 +223,26 @@ def update_command(
     sample: float | None,
     model: str | None,
     paused: bool,
+    alert_specs: tuple[str, ...],
     output: str,
 ) -> None:
     """Replace the monitor's assessments config whole. The export location stays.
+
+    Alert rules stay unless --alert or the file's 'alerts' key gives new ones.
 
     \b
     Example:
       mlflow monitor update -x 1 --judge safety --sample 0.2
     """
     data = _read_file(config_file) if config_file else None
-    suite = build_suite(data, judges, guidelines, sample, model, paused)
+    suite = AssessmentsSuiteConfig.from_dict(
+        build_suite(data, judges, guidelines, sample, model, paused)
+    )
     updated = api.update_external_monitor(
-        assessments_config=suite, experiment_id=experiment_id, experiment_name=experiment_name
+        assessments_config=suite,
+        experiment_id=experiment_id,
+        experiment_name=experiment_name,
+        alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
     )
     print_monitor(updated, output)
 
@@ -284,7 +300,7 @@ def list_command(output: str) -> None:
     Console(width=200).print(table)
 
 
-for command in cli_run.COMMANDS + cli_export.COMMANDS + cli_judges.COMMANDS:
+for command in cli_run.COMMANDS + cli_export.COMMANDS + cli_judges.COMMANDS + cli_alerts.COMMANDS:
     monitor.add_command(command)
 
 

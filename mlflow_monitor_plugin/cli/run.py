@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from mlflow_monitor_plugin.cli.alerts import daemon_alert_options, runner_from_options
 from mlflow_monitor_plugin.cli.options import (
     experiment_options,
     handle_errors,
@@ -105,6 +106,7 @@ def _settings(
     help="Seconds between passes (at least 1).",
 )
 @engine_options
+@daemon_alert_options
 @log_level_option
 @handle_errors
 def run_command(
@@ -130,7 +132,8 @@ def run_command(
     from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
 
     configure_logging(log_level)
-    daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine))
+    alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
+    daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine), alerts=alerts)
     calls = engine["workers"] * max(1, engine["processes"])  # at once, at most
     with judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)):
         _run(daemon, once)

@@ -16,6 +16,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from mlflow_monitor_plugin.config.alerts import AlertRule, rules_from
 from mlflow_monitor_plugin.config.model import (
     AssessmentsSuiteConfig,
     ExternalMonitor,
@@ -107,15 +108,18 @@ def create_external_monitor(
     experiment_id: str | None = None,
     experiment_name: str | None = None,
     export_uri: str | None = None,
+    alerts: list[AlertRule | dict[str, Any] | str] | None = None,
 ) -> ExternalMonitor:
     """Create the monitor of an experiment; it starts with the next pass of ``mlflow monitor run``.
 
     Traces are exported to ``<MLFLOW_MONITOR_EXPORT_ROOT>/<catalog>/<schema>/trace_logs_<id>``
-    unless ``export_uri`` (a local path or a URI pyarrow understands) is given.
+    unless ``export_uri`` (a local path or a URI pyarrow understands) is given. ``alerts`` are
+    the monitor's alert rules (see docs/alerts.md).
     """
     check_identifier("catalog_name", catalog_name)
     check_identifier("schema_name", schema_name)
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
+    rules = rules_from(alerts, suite.feedback_names)
     if export_uri is not None and (not isinstance(export_uri, str) or not export_uri.strip()):
         raise MonitorConfigError("export_uri", export_uri, "expected a local path or a URI")
     store = MonitorTags()
@@ -139,6 +143,7 @@ def create_external_monitor(
         monitor_id=uuid.uuid4().hex,
         created_at_ms=now,
         updated_at_ms=now,
+        alerts=rules,
     )
     store.write_config(monitor)
     return monitor
@@ -161,12 +166,16 @@ def update_external_monitor(
     assessments_config: AssessmentsSuiteConfig | dict[str, Any],
     experiment_id: str | None = None,
     experiment_name: str | None = None,
+    alerts: list[AlertRule | dict[str, Any] | str] | None = None,
 ) -> ExternalMonitor:
     """Replace the monitor's assessments config whole (stateless, as Databricks documents).
 
-    The export location is fixed at creation. A rejected update changes nothing.
+    The export location is fixed at creation. ``alerts=None`` keeps the current alert rules
+    (checked against the new judges), a list replaces them. A rejected update changes nothing.
     """
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
+    if alerts is not None:
+        rules_from(alerts, suite.feedback_names)
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
     tags = store.experiment_tags(exp_id)
@@ -184,6 +193,7 @@ def update_external_monitor(
         config_version=current.config_version + 1,
         created_at_ms=current.created_at_ms,
         updated_at_ms=max(_now_ms(), current.updated_at_ms),
+        alerts=rules_from(current.alerts if alerts is None else alerts, suite.feedback_names),
     )
     store.write_config(updated, previous=tags)
     return updated

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from mlflow_monitor_plugin.config.alerts import AlertRule, rules_from
 from mlflow_monitor_plugin.config.catalog import check_options, judge_info
 from mlflow_monitor_plugin.config.checks import (
     check_filter,
@@ -206,6 +207,10 @@ class AssessmentsSuiteConfig:
     def default_rate(self) -> float:
         return 1.0 if self.sample is None else self.sample
 
+    @property
+    def feedback_names(self) -> list[str]:
+        return [name for judge in self.assessments or [] for name in judge.feedback_names]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sample": self.sample,
@@ -255,6 +260,7 @@ class ExternalMonitor:
     created_at_ms: int = 0
     updated_at_ms: int = 0
     schema_version: int = field(default=SCHEMA_VERSION)
+    alerts: list[AlertRule] = field(default_factory=list)  # see config/alerts.py
 
     @property
     def created_at(self) -> datetime:
@@ -276,6 +282,7 @@ class ExternalMonitor:
             "created_at_ms": self.created_at_ms,
             "updated_at_ms": self.updated_at_ms,
             "assessments_config": self.assessments_config.to_dict(),
+            **({"alerts": [r.to_dict() for r in self.alerts]} if self.alerts else {}),
         }
 
     @classmethod
@@ -288,9 +295,10 @@ class ExternalMonitor:
                 f"this mlflow-monitor reads schema version {SCHEMA_VERSION}",
             )
         try:
+            suite = AssessmentsSuiteConfig.from_dict(value["assessments_config"])
             return cls(
                 experiment_id=str(value["experiment_id"]),
-                assessments_config=AssessmentsSuiteConfig.from_dict(value["assessments_config"]),
+                assessments_config=suite,
                 catalog_name=check_identifier("catalog_name", value["catalog_name"]),
                 schema_name=check_identifier("schema_name", value["schema_name"]),
                 export_uri=str(value["export_uri"]),
@@ -298,6 +306,7 @@ class ExternalMonitor:
                 config_version=int(value["config_version"]),
                 created_at_ms=int(value["created_at_ms"]),
                 updated_at_ms=int(value["updated_at_ms"]),
+                alerts=rules_from(value.get("alerts"), suite.feedback_names),
             )
         except KeyError as e:
             raise MonitorConfigError(
@@ -325,4 +334,6 @@ class ExternalMonitor:
             extra = f" {judge.args}" if getattr(judge, "args", None) else ""
             where = f" where {judge.filter_string}" if judge.filter_string else ""
             lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
+        lines += ["  alerts:"] if self.alerts else []
+        lines += [f"    - {r.name}: {r.describe()}" for r in self.alerts]
         return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any
 
 import schedule
 
+from mlflow_monitor_plugin.alerts.runner import AlertRunner
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.engine.lease import new_owner
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine, PassStats
@@ -59,6 +60,7 @@ class Daemon:
         engine_factory: Callable[..., MonitorEngine] = MonitorEngine.create,
         discover: Callable[[], list[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        alerts: AlertRunner | None = None,
     ):
         if interval_s < 1:
             raise ValueError(f"interval must be at least 1 second, got {interval_s}")
@@ -74,6 +76,7 @@ class Daemon:
         self.health: dict[str, MonitorHealth] = {}
         self.stop_flag = threading.Event()
         self._discovery_failures = 0
+        self.alerts = alerts or AlertRunner.create()
 
     def monitored(self) -> list[str]:
         return list(self.experiment_ids) if self.experiment_ids else self._discover()
@@ -114,6 +117,8 @@ class Daemon:
                 self._record_failure(experiment_id, health, e, report)
                 continue
             health.failures, health.last_error, health.last_stats = 0, None, stats
+            if not stats.skipped:  # the lease holder alone judges the monitor's alerts
+                self.alerts.after_pass(experiment_id, now_ms)
             report.stats.append(stats)
             level = logging.INFO if stats.traces or stats.export_error else logging.DEBUG
             _logger.log(level, "pass: %s", stats.summary())

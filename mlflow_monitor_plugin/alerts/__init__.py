@@ -1,0 +1,1 @@
+"""Alerts: rules evaluated on quality windows, incidents persisted, messages delivered once."""

@@ -1,0 +1,111 @@
+"""What an alert rule judges: one window's counts (``WindowStats``) and the Wilson interval.
+
+Pure. ``WindowStats`` is the interface between the windows (who counts) and the alerts (who
+judge): counts of one (monitor, judge, window) and the rates derived from them. Verdicts come
+from a sample of the window's traces; since the sample is drawn by a hash independent of the
+outcome, the sample's pass rate estimates the rate of the whole population of traces, and its
+Wilson interval is that rate's interval. The sample rate sets how many verdicts there are, and
+so how wide the interval is, and scales the estimated number of failing traces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from statistics import NormalDist
+
+
+def z_score(confidence: float) -> float:
+    """The two-sided normal quantile: 1.96 at 0.95."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion; (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be within 0..{n}, got {successes}")
+    z = z_score(confidence)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    # at p = 0 or 1 the bound is exact in theory; keep rounding from moving it past p
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
+def window_start_ms(at_ms: int, width_ms: int) -> int:
+    """The start of the fixed window (aligned on the epoch) that holds ``at_ms``."""
+    return at_ms - at_ms % width_ms
+
+
+@dataclass(frozen=True)
+class Rate:
+    """An estimated rate with its interval at ``confidence``, from ``successes`` of ``n``."""
+
+    successes: int
+    n: int
+    confidence: float
+
+    @property
+    def value(self) -> float | None:
+        return self.successes / self.n if self.n else None
+
+    @cached_property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.n, self.confidence)
+
+    @property
+    def low(self) -> float:
+        return self.interval[0]
+
+    @property
+    def high(self) -> float:
+        return self.interval[1]
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """One (monitor, judge, window): what the store holds for it.
+
+    ``traces`` are the window's eligible (finished, non-evaluation) traces, ``sampled`` those
+    the judge's sample picked, ``verdicts`` the pass/fail verdicts written (``passes`` of them
+    passing), ``errors`` the error feedbacks. ``failing_trace_ids`` lists a few sampled traces
+    with a failing verdict. ``lag_seconds`` is the monitor's lag when the stats were taken.
+    """
+
+    monitor_id: str
+    judge: str | None
+    start_ms: int
+    width_ms: int
+    traces: int = 0
+    sampled: int = 0
+    verdicts: int = 0
+    passes: int = 0
+    errors: int = 0
+    sample_rate: float = 1.0
+    lag_seconds: float | None = None
+    failing_trace_ids: tuple[str, ...] = ()
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.width_ms
+
+    @property
+    def failures(self) -> int:
+        return self.verdicts - self.passes
+
+    def pass_rate(self, confidence: float = 0.95) -> Rate:
+        """The population pass rate, from the sampled verdicts."""
+        return Rate(self.passes, self.verdicts, confidence)
+
+    def error_rate(self, confidence: float = 0.95) -> Rate:
+        """The share of judge calls that ended in an error."""
+        return Rate(self.errors, self.verdicts + self.errors, confidence)
+
+    @property
+    def estimated_failing(self) -> float:
+        """Failing traces in the whole window: failing verdicts over the sample rate."""
+        return self.failures / self.sample_rate if self.sample_rate > 0 else 0.0
