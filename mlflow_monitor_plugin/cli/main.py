@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from mlflow_monitor_plugin.cli import backfill as cli_backfill
 from mlflow_monitor_plugin.cli import export as cli_export
 from mlflow_monitor_plugin.cli import run as cli_run
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
@@ -224,10 +225,18 @@ def update_command(
     """
     data = _read_file(config_file) if config_file else None
     suite = build_suite(data, judges, guidelines, sample, model, paused)
+    before = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     updated = api.update_external_monitor(
-        assessments_config=suite, experiment_id=experiment_id, experiment_name=experiment_name
+        assessments_config=suite, experiment_id=before.experiment_id
     )
     print_monitor(updated, output)
+    added = api.added_judges(before, updated)
+    if added:  # on stderr: --output json stays parseable
+        click.echo(
+            f"{', '.join(added)}: scored on new traces from now on. To score past traces too:\n"
+            f"  {api.backfill_command(updated, added)}",
+            err=True,
+        )
 
 
 @monitor.command("delete")
@@ -283,11 +292,10 @@ def list_command(output: str) -> None:
     Console(width=200).print(table)
 
 
-for command in cli_run.COMMANDS + cli_export.COMMANDS:
+for command in cli_run.COMMANDS + cli_export.COMMANDS + cli_backfill.COMMANDS:
     monitor.add_command(command)
 
 
 def main() -> None:
     """Entry point of the standalone ``mlflow-monitor`` command."""
     monitor(prog_name="mlflow-monitor")
-
