@@ -81,6 +81,13 @@ def _table(rows: list[dict[str, Any]], columns: dict[str, str]) -> None:
     help="The daemon's --late-window (seconds): retries of failures within it are its own.",
 )
 @click.option(
+    "--page-size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1, max=1000),
+    help="Traces per page; the position is saved after each, so a rerun repeats at most one.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Count what would be scored and the judge calls; write nothing."
 )
 @output_option
@@ -96,6 +103,7 @@ def backfill_command(
     workers: int,
     processes: int,
     late_window: float,
+    page_size: int,
     dry_run: bool,
     output: str,
     log_level: str,
@@ -123,7 +131,7 @@ def backfill_command(
         experiment_id=experiment_id, experiment_name=experiment_name
     ).experiment_id
     scoring = ScoringSettings(workers=workers, processes=processes)
-    settings = BackfillSettings(late_window_s=late_window)
+    settings = BackfillSettings(late_window_s=late_window, page_size=page_size)
     try:
         if dry_run:
             job = Backfill.create(exp_id, window, list(judges) or None, settings)
