@@ -145,7 +145,7 @@ class MlflowDatasetSink:
         self.dataset_id = self.dataset.dataset_id
 
     def keys(self) -> set[str]:
-        return {input_key(r.inputs) for r in self.dataset.records}
+        return {input_key(inputs) for inputs in self.dataset.to_df()["inputs"]}
 
     def add(self, records: list[dict]) -> None:
         self.dataset.merge_records(records)
