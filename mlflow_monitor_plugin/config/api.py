@@ -142,7 +142,8 @@ def update_external_monitor(
 ) -> ExternalMonitor:
     """Replace the monitor's assessments config whole (stateless, as Databricks documents).
 
-    The export location is fixed at creation. A rejected update changes nothing.
+    The export location is fixed at creation. A rejected update changes nothing. A judge it
+    adds scores new traces from then on; the backfill command for past ones is logged (INFO).
     """
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
     store = MonitorTags()
