@@ -41,7 +41,7 @@ def scored_history(days=2, per_day=4):
 
 def test_curate_twice_adds_each_failed_trace_once_readable_by_get_dataset(tracking_uri, fake_judge):
     mlflow.set_experiment("curate")
-    m, ids, unsafe = scored_history()
+    m, ids, unsafe = scored_history(*((2, 4) if "sqlite" in tracking_uri else (1, 4)))
     args = ("curate", "-x", m.experiment_id, "--judge", "safety", "--value", "no",
             "--since", "3d", "--dataset", "unsafe-answers")  # fmt: skip
     out = run(*args).output
