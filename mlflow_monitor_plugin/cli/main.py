@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from mlflow_monitor_plugin.cli import alerts as cli_alerts
+from mlflow_monitor_plugin.cli import backfill as cli_backfill
 from mlflow_monitor_plugin.cli import export as cli_export
 from mlflow_monitor_plugin.cli import judges as cli_judges
 from mlflow_monitor_plugin.cli import run as cli_run
@@ -238,13 +239,20 @@ def update_command(
     suite = AssessmentsSuiteConfig.from_dict(
         build_suite(data, judges, guidelines, sample, model, paused)
     )
+    before = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     updated = api.update_external_monitor(
         assessments_config=suite,
-        experiment_id=experiment_id,
-        experiment_name=experiment_name,
+        experiment_id=before.experiment_id,
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
     )
     print_monitor(updated, output)
+    added = api.added_judges(before, updated)
+    if added:  # on stderr: --output json stays parseable
+        click.echo(
+            f"{', '.join(added)}: scored on new traces from now on. To score past traces too:\n"
+            f"  {api.backfill_command(updated, added)}",
+            err=True,
+        )
 
 
 @monitor.command("delete")
@@ -300,7 +308,13 @@ def list_command(output: str) -> None:
     Console(width=200).print(table)
 
 
-for command in cli_run.COMMANDS + cli_export.COMMANDS + cli_judges.COMMANDS + cli_alerts.COMMANDS:
+for command in (
+    cli_run.COMMANDS
+    + cli_export.COMMANDS
+    + cli_judges.COMMANDS
+    + cli_alerts.COMMANDS
+    + cli_backfill.COMMANDS
+):
     monitor.add_command(command)
 
 

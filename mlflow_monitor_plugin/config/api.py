@@ -7,8 +7,10 @@ is given.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import shlex
 import time
 import uuid
 from pathlib import Path
@@ -172,6 +174,8 @@ def update_external_monitor(
 
     The export location is fixed at creation. ``alerts=None`` keeps the current alert rules
     (checked against the new judges), a list replaces them. A rejected update changes nothing.
+    A judge it adds scores new traces from then on; the backfill command for past ones is logged
+    (INFO).
     """
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
     if alerts is not None:
@@ -196,7 +200,28 @@ def update_external_monitor(
         alerts=rules_from(current.alerts if alerts is None else alerts, suite.feedback_names),
     )
     store.write_config(updated, previous=tags)
+    added = added_judges(current, updated)
+    if added:
+        _logger.info(
+            "The monitor of experiment %s scores %s on new traces from now on; to score past "
+            "traces too, run: %s",
+            exp_id, ", ".join(added), backfill_command(updated, added),
+        )  # fmt: skip
     return updated
+
+
+def added_judges(before: ExternalMonitor, after: ExternalMonitor) -> list[str]:
+    """The judges ``after`` runs that ``before`` did not, in config order."""
+    old = {n for j in before.assessments_config.assessments or [] for n in j.feedback_names}
+    new = [n for j in after.assessments_config.assessments or [] for n in j.feedback_names]
+    return [n for n in new if n not in old]
+
+
+def backfill_command(monitor: ExternalMonitor, judges: list[str]) -> str:
+    """The command that scores ``judges`` on the traces since the monitor was created."""
+    since = dt.datetime.fromtimestamp(monitor.created_at_ms / 1000, dt.timezone.utc).date()
+    names = " ".join(f"--judge {shlex.quote(name)}" for name in judges)
+    return f"mlflow monitor backfill -x {monitor.experiment_id} --since {since} {names}"
 
 
 def delete_external_monitor(

@@ -48,16 +48,18 @@ class Lease:
         owner: str,
         ttl_s: float,
         sleep: Callable[[float], None] = time.sleep,
+        key: str = LEASE_KEY,
     ):
         self.tags = tags
         self.experiment_id = experiment_id
         self.owner = owner
         self.ttl_ms = int(ttl_s * 1000)
         self._sleep = sleep
+        self.key = key  # the daemons' lease, or another job's (one backfill per monitor)
         self.held = False
 
     def _read(self) -> dict[str, Any]:
-        return self.tags.read_json(self.experiment_id, LEASE_KEY) or {}
+        return self.tags.read_json(self.experiment_id, self.key) or {}
 
     def acquire(self, now_ms: int) -> bool:
         """Take or renew the lease; False when another live daemon holds it."""
@@ -67,7 +69,7 @@ class Lease:
             self.held = False
             return False
         lease = {"owner": self.owner, "expires_ms": now_ms + self.ttl_ms}
-        self.tags.write_json(self.experiment_id, LEASE_KEY, lease)
+        self.tags.write_json(self.experiment_id, self.key, lease)
         if not self.held or theirs:
             self._sleep(SETTLE_S)
             self.held = self._read().get("owner") == self.owner
@@ -75,5 +77,5 @@ class Lease:
 
     def release(self) -> None:
         if self.held:
-            self.tags.write_json(self.experiment_id, LEASE_KEY, {"owner": "", "expires_ms": 0})
+            self.tags.write_json(self.experiment_id, self.key, {"owner": "", "expires_ms": 0})
             self.held = False

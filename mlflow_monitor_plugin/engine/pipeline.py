@@ -32,7 +32,7 @@ from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
-from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Scorer
+from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Outcome, Scorer
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 
 _logger = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class MonitorEngine:
     ) -> None:
         """Score the sampled judges that have no verdict yet on these traces. On a trace the
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
-        monitor, judges, writer = ctx.monitor, ctx.judges, ctx.writer
+        monitor, judges = ctx.monitor, ctx.judges
         due: Due = {}
         filters = {j.filter_string for j in judges if j.filter_string}
         matching = {f: self.source.matching(infos, f) for f in filters}  # per-judge filters
@@ -322,11 +322,25 @@ class MonitorEngine:
                     continue  # not applicable when first seen: nothing to redo
                 else:
                     due.setdefault(info.trace_id, []).append((judge, state))
+        self.score_due(ctx, due, stats)
+
+    def score_due(
+        self,
+        ctx: PassContext,
+        due: Due,
+        stats: PassStats,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        """Score the due (trace, judge) pairs, log their verdicts, then the error feedback of
+        the failures; ``on_outcome`` sees each outcome as it arrives (a backfill's progress)."""
+        writer = ctx.writer
         if not due:
             return
         answered, failed = set(), []
         for outcome in self.scorer.score(writer, due):
             verdict = outcome.verdict
+            if on_outcome is not None:
+                on_outcome(outcome)
             if not outcome.applicable:
                 stats.count(verdict.judge.name, "not_applicable")
                 continue
