@@ -18,8 +18,18 @@ ALLOWED: dict[str, set[str]] = {
     "discovery": {"exceptions"},
     "scoring": {"exceptions", "redact", "config", "discovery"},
     "export": {"exceptions", "discovery"},
-    "engine": {"exceptions", "redact", "config", "discovery", "scoring", "export"},
-    "cli": {"exceptions", "redact", "config", "discovery", "scoring", "export", "engine"},
+    "observe": {"exceptions", "redact", "config", "discovery", "scoring", "export"},
+    "engine": {"exceptions", "redact", "config", "discovery", "scoring", "export", "observe"},
+    "cli": {
+        "exceptions",
+        "redact",
+        "config",
+        "discovery",
+        "scoring",
+        "export",
+        "observe",
+        "engine",
+    },
 }
 
 

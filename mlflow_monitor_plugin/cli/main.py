@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from mlflow_monitor_plugin.cli import export as cli_export
+from mlflow_monitor_plugin.cli import quality as cli_quality
 from mlflow_monitor_plugin.cli import run as cli_run
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import api
@@ -283,11 +284,10 @@ def list_command(output: str) -> None:
     Console(width=200).print(table)
 
 
-for command in cli_run.COMMANDS + cli_export.COMMANDS:
+for command in cli_run.COMMANDS + cli_export.COMMANDS + cli_quality.COMMANDS:
     monitor.add_command(command)
 
 
 def main() -> None:
     """Entry point of the standalone ``mlflow-monitor`` command."""
     monitor(prog_name="mlflow-monitor")
-

@@ -18,6 +18,7 @@ from mlflow_monitor_plugin.discovery.checkpoint import lag_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+from mlflow_monitor_plugin.observe.report import last_windows
 from mlflow_monitor_plugin.scoring.feedback import judge_states
 from mlflow_monitor_plugin.scoring.judges import build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
@@ -92,6 +93,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
                     c["pending"] += 1
     newest = source.newest_timestamp_ms()
     lag = lag_ms(cursor.score, newest)
+    windows = last_windows(monitor, int(time.time() * 1000), source)
     return {
         "experiment_id": monitor.experiment_id,
         "checkpoint": cursor.score.to_dict() if cursor.score else None,
@@ -103,6 +105,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
              ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")}}
             for name, c in counts.items()
         ],
+        "windows": windows,
     }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from mlflow_monitor_plugin.cli.options import (
     log_level_option,
     output_option,
 )
+from mlflow_monitor_plugin.cli.quality import metrics_options, serving_metrics
 from mlflow_monitor_plugin.engine.daemon import DEFAULT_INTERVAL_S
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings
 from mlflow_monitor_plugin.redact import configure_logging
@@ -95,6 +96,7 @@ def _settings(
     help="Seconds between passes (at least 1).",
 )
 @engine_options
+@metrics_options
 @log_level_option
 @handle_errors
 def run_command(
@@ -102,6 +104,8 @@ def run_command(
     once: bool,
     interval: float,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
     **engine: Any,
 ) -> None:
     """Run the monitoring daemon: score sampled traces, log verdicts, export every trace.
@@ -115,6 +119,7 @@ def run_command(
       mlflow monitor run                       # every monitored experiment
       mlflow monitor run -x 123 --interval 1   # one experiment, a pass every second
       mlflow monitor run -x 123 --once         # catch up, then exit
+      mlflow monitor run --metrics-port 9464   # and serve /metrics and /healthz
     """
     from mlflow_monitor_plugin.engine.daemon import Daemon
     from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
@@ -122,7 +127,10 @@ def run_command(
     configure_logging(log_level)
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine))
     calls = engine["workers"] * max(1, engine["processes"])  # at once, at most
-    with judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)):
+    with (
+        serving_metrics(daemon, metrics_host, metrics_port, interval),
+        judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)),
+    ):
         _run(daemon, once)
 
 
@@ -192,6 +200,10 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
         "table",
         ["judge", "eligible", "sampled", "scored", "not_applicable", "failed", "pending"],
     )
+    if status.get("windows"):
+        click.echo("last window:")
+        _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
+                    "pass_rate_low95", "pass_rate_high95", "errors"])  # fmt: skip
 
 
 @click.command("demo")

@@ -29,6 +29,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.lease import Lease, new_owner
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.observe.tracker import QualitySettings, QualityTracker
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Scorer
@@ -48,6 +49,7 @@ class EngineSettings:
     lease_ttl_s: float = 60.0
     resync_every_s: float = 3600.0  # re-export yesterday and today, for later feedback; 0: off
     export: bool = True
+    windows: bool = True  # quality windows, charts and live metrics (observe/)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
 
@@ -118,6 +120,7 @@ class PassContext:
     cursor: Cursor
     export: ParquetExporter | None
     stats: PassStats
+    touched: dict[str, int] = field(default_factory=dict)  # trace id -> request time (observe/)
 
 
 def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
@@ -139,6 +142,7 @@ class MonitorEngine:
         settings: EngineSettings | None = None,
         owner: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        quality: QualityTracker | None = None,
     ):
         self.experiment_id = experiment_id
         self.tags = tags
@@ -151,6 +155,7 @@ class MonitorEngine:
         self._export_retry_at_ms = 0
         self._export_failures = 0
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
+        self.quality = quality
 
     @classmethod
     def create(
@@ -169,6 +174,18 @@ class MonitorEngine:
         if scorer is None:
             fetch = TraceSource(experiment_id, client).fetch
             scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
+        quality = None
+        if settings.windows:
+            quality = QualityTracker(
+                experiment_id,
+                client,
+                TraceSource(experiment_id, client),
+                QualitySettings(
+                    late_window_s=settings.late_window_s,
+                    max_failed_passes=settings.max_failed_passes,
+                    export=settings.export,
+                ),
+            )
         return cls(
             experiment_id,
             MonitorTags(client),
@@ -176,6 +193,7 @@ class MonitorEngine:
             lambda exp: TraceSource(exp, client),
             settings,
             owner,
+            quality=quality,
         )
 
     # -- state in tags -------------------------------------------------------------------
@@ -228,7 +246,17 @@ class MonitorEngine:
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
         stats.seconds = time.monotonic() - started
+        self._observe(ctx, now_ms)
         return stats
+
+    def _observe(self, ctx: PassContext, now_ms: int) -> None:
+        """Quality windows, charts and live metrics of this pass (observe/); never fails it."""
+        if self.quality is None:
+            return
+        try:
+            self.quality.after_pass(ctx.monitor, ctx.cursor.score, ctx.touched, ctx.stats, now_ms)
+        except Exception:
+            _logger.exception("Quality windows of experiment %s not updated", self.experiment_id)
 
     def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
         if monitor.assessments_config.paused:
@@ -271,6 +299,8 @@ class MonitorEngine:
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
             retry_only = seen is not None and seen(info, states)
+            if not retry_only:  # new to the monitor: its window changes
+                ctx.touched[info.trace_id] = info.timestamp_ms
             for judge in judges:
                 stats.count(judge.name, "eligible")
                 if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
@@ -285,6 +315,7 @@ class MonitorEngine:
                     continue  # not applicable when first seen: nothing to redo
                 else:
                     due.setdefault(info.trace_id, []).append((judge, state))
+                    ctx.touched[info.trace_id] = info.timestamp_ms
         if not due:
             return
         answered, failed = set(), []
