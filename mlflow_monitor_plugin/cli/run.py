@@ -203,7 +203,7 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
     if status.get("windows"):
         click.echo("last window:")
         _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
-                    "pass_rate_low95", "pass_rate_high95", "errors"])  # fmt: skip
+                    "interval95", "errors"])  # fmt: skip
 
 
 @click.command("demo")

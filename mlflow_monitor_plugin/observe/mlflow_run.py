@@ -90,7 +90,8 @@ class MetricsRun:
                 "mlflow.note.content": "Quality windows of the monitor: one point per window.",
             },
         )
-        self.client.set_terminated(run.info.run_id)  # logging still works; no endless spinner
+        # finished, so the UI shows no endless spinner; logging to it still works
+        self.client.update_run(run.info.run_id, status="FINISHED")
         _logger.info("Created the metrics run %s of monitor %s", run.info.run_id, self.monitor_id)
         return run.info.run_id
 

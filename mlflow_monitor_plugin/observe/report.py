@@ -103,7 +103,7 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
                     "traces": str(row["eligible"]),
                     "sampled": str(row["sampled"]),
                     "verdicts": str(row["verdicts"]),
-                    "pass_rate": _pct(row["pass_rate"]),
+                    "pass_rate": None if row["pass_rate"] is None else round(row["pass_rate"], 4),
                     "95%": "-" if low is None else f"{_pct(low)}–{_pct(high)}",
                     "trend": arrow,
                     "errors": str(row["errors"]),
@@ -131,9 +131,10 @@ def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> l
             "judge": judge,
             "window": row["window_start"].isoformat(),
             "verdicts": row["verdicts"],
-            "pass_rate": row["pass_rate"],
-            "pass_rate_low95": row["pass_rate_low95"],
-            "pass_rate_high95": row["pass_rate_high95"],
+            "pass_rate": None if row["pass_rate"] is None else round(row["pass_rate"], 4),
+            "interval95": "-"
+            if row["pass_rate_low95"] is None
+            else f"{_pct(row['pass_rate_low95'])}–{_pct(row['pass_rate_high95'])}",
             "errors": row["errors"],
         }
         for judge, row in latest.items()
