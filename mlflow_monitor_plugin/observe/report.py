@@ -103,7 +103,7 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
                     "traces": str(row["eligible"]),
                     "sampled": str(row["sampled"]),
                     "verdicts": str(row["verdicts"]),
-                    "pass_rate": None if row["pass_rate"] is None else round(row["pass_rate"], 4),
+                    "pass_rate": _pct(row["pass_rate"]),
                     "95%": "-" if low is None else f"{_pct(low)}–{_pct(high)}",
                     "trend": arrow,
                     "errors": str(row["errors"]),
