@@ -117,7 +117,8 @@ def test_windows_of_a_scripted_run_match_duckdb_over_the_export(experiment_id):
         catalog_name="w", schema_name="d", assessments_config={"assessments": JUDGES}
     )
     engine = MonitorEngine.create(experiment_id, SETTINGS)
-    engine.quality.settings = QualitySettings(settle_s=4 * 3600)  # chart nothing for now
+    # nothing is charted yet; every pass updates the windows
+    engine.quality.settings = QualitySettings(settle_s=4 * 3600, update_every_s=0)
     engine.run_pass(now_ms=now_ms)
 
     got = quality(m.export_uri)
@@ -167,7 +168,7 @@ def test_windows_of_a_scripted_run_match_duckdb_over_the_export(experiment_id):
 
     # a user deletes the run: the next pass creates it again and charts the windows there
     MlflowClient().delete_run(run_id)
-    engine.quality.settings = QualitySettings(settle_s=4 * 3600, run_check_s=0)
+    engine.quality.settings = QualitySettings(settle_s=4 * 3600, run_check_s=0, update_every_s=0)
     stats = engine.run_pass(now_ms=later + 2000)
     assert stats.export_error is None
     new_id, points = metric_points(experiment_id, "response_length/pass_rate")

@@ -48,6 +48,7 @@ class QualitySettings:
     max_failed_passes: int = 5
     lag_every_s: float = 300.0  # how often lag_seconds is charted
     run_check_s: float = 60.0  # how often to check that a user has not deleted the metrics run
+    update_every_s: float = 30.0  # while passes keep finding traces; at once when one finds none
     export: bool = True  # write the quality dataset beside the trace export
 
 
@@ -121,6 +122,9 @@ class QualityTracker:
         self._run: MetricsRun | None = None
         self._lag_logged_ms = 0
         self._run_checked_ms = 0
+        self._pending: dict[str, int] = {}  # touched by passes since the last update
+        self._updated_ms: int | None = None  # the engine's time of the last update
+        self._updated_wall_ms: int | None = None
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
         """A new monitor, or its judges or rates changed: start from the store again."""
@@ -140,12 +144,28 @@ class QualityTracker:
         stats: Any,
         now_ms: int,
     ) -> None:
+        """Record the pass; every ``update_every_s`` (and whenever a pass found nothing new,
+        so a catch-up ends with exact windows) bring the windows up to date and publish them."""
         wall_ms = int(self._wall() * 1000)
+        self.live.pass_seconds.labels(self.experiment_id).observe(stats.seconds)
+        if stats.exported:
+            self.live.traces_exported.labels(self.experiment_id).inc(stats.exported)
+        self._pending.update(touched)
+        every_ms = self.settings.update_every_s * 1000
+        due = (
+            self._updated_ms is None
+            or now_ms - self._updated_ms >= every_ms
+            or (self._pending and not touched)
+        )
+        if not due:
+            return
+        since_ms = self._updated_wall_ms or wall_ms - int(stats.seconds * 1000) - 1
+        self._updated_ms, self._updated_wall_ms = now_ms, wall_ms
+        touched, self._pending = self._pending, {}
         judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)
-        fresh = self._update(touched)
-        self._count(fresh, wall_ms - int(stats.seconds * 1000) - 1, stats, monitor)
+        self._count(self._update(touched), since_ms)
         if self.settings.export:
             self._export(monitor, judges, wall_ms)
         self._chart(monitor, judges, cursor, now_ms, wall_ms)
@@ -169,14 +189,8 @@ class QualityTracker:
             self._unexported.add(start)
         return fresh
 
-    def _count(
-        self,
-        fresh: dict[str, dict[str, Outcome]],
-        since_ms: int,
-        stats: Any,
-        monitor: ExternalMonitor,
-    ) -> None:
-        """Live metrics: the verdicts and errors written during this pass, and the pass."""
+    def _count(self, fresh: dict[str, dict[str, Outcome]], since_ms: int) -> None:
+        """Live metrics: the verdicts and errors written since the last update."""
         live = self.live
         for by_judge in fresh.values():
             for judge, outcome in by_judge.items():
@@ -189,9 +203,6 @@ class QualityTracker:
                     live.verdicts.labels(judge, label).inc()
                     if outcome.seconds is not None:
                         live.judge_call_seconds.labels(judge).observe(outcome.seconds)
-        live.pass_seconds.labels(self.experiment_id).observe(stats.seconds)
-        if stats.exported:
-            live.traces_exported.labels(self.experiment_id).inc(stats.exported)
 
     def _export(self, monitor: ExternalMonitor, judges: Judges, wall_ms: int) -> None:
         dataset = QualityDataset(quality_uri(monitor.export_uri))
