@@ -173,3 +173,18 @@ def test_windows_of_a_scripted_run_match_duckdb_over_the_export(experiment_id):
     assert stats.export_error is None
     new_id, points = metric_points(experiment_id, "response_length/pass_rate")
     assert new_id != run_id and len(points) == len(rates)
+
+
+def test_mlflow_keeps_a_second_point_for_a_changed_value_at_the_same_step(tracking_uri):
+    """Why a window is charted once, when settled: MLflow de-duplicates an identical point but
+    keeps both values logged at one (step, timestamp), on SQLite and over REST alike."""
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"relog-{time.time_ns()}")
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_batch(run_id, metrics=[Metric("m", 0.5, 1_000, 1)])
+    client.log_batch(run_id, metrics=[Metric("m", 0.5, 1_000, 1)])
+    assert [p.value for p in client.get_metric_history(run_id, "m")] == [0.5]
+    client.log_batch(run_id, metrics=[Metric("m", 0.75, 1_000, 1)])
+    assert sorted(p.value for p in client.get_metric_history(run_id, "m")) == [0.5, 0.75]

@@ -27,6 +27,9 @@ from mlflow_monitor_plugin.scoring.feedback import SECONDS_KEY, VERDICT_KEY, jud
 _logger = logging.getLogger(__name__)
 
 Judges = tuple[tuple[str, float], ...]  # (feedback name, sample rate) of each judge
+# shared by every trace they describe: most outcomes are one of these two
+_UNSAMPLED = Outcome(sampled=False)
+_UNSCORED = Outcome(sampled=True)
 
 
 def _created(assessments: Iterable[Any]) -> int | None:
@@ -49,7 +52,7 @@ def outcomes(
     result = {}
     for name, rate in judges:
         if not is_sampled(info.trace_id, monitor_id, rate):
-            result[name] = Outcome(sampled=False)
+            result[name] = _UNSAMPLED
             continue
         state = states.get(name)
         if state and state.complete:
@@ -62,7 +65,7 @@ def outcomes(
             retryable = state.failed_passes < max_failed_passes
             result[name] = Outcome(True, "error", None, None, retryable, _created(state.errors))
         else:
-            result[name] = Outcome(sampled=True)
+            result[name] = _UNSCORED
     return result
 
 
