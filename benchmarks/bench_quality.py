@@ -15,6 +15,7 @@ hourly window, and a pass after the tracker forgot its days (a restart: today is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -70,12 +71,13 @@ class Traces:
 
 def timed_pass(engine: MonitorEngine, now_ms: int) -> dict[str, float]:
     observe = engine._observe
-    spent = [0.0]
+    spent = [0.0, 0.0]
 
     def timed(ctx, now):  # the windows' own share of the pass
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         observe(ctx, now)
         spent[0] += time.perf_counter() - began
+        spent[1] += time.process_time() - began_cpu
 
     engine._observe = timed
     cpu, wall = time.process_time(), time.perf_counter()
@@ -84,6 +86,7 @@ def timed_pass(engine: MonitorEngine, now_ms: int) -> dict[str, float]:
         "cpu_s": time.process_time() - cpu,
         "wall_s": time.perf_counter() - wall,
         "observe_s": spent[0],
+        "observe_cpu_s": spent[1],
         "verdicts": stats.total("scored"),
     }
     engine._observe = observe
@@ -119,6 +122,15 @@ def run_case(db: Path, experiment_id: str, windows: bool, args: argparse.Namespa
         "steady_observe_s_median": statistics.median(p["observe_s"] for p in steady),
     }
     if windows:
+        # every pass updates the windows (the daemon does so every 30 s, or when idle)
+        engine.quality.settings = dataclasses.replace(engine.quality.settings, update_every_s=0)
+        forced = []
+        for _ in range(args.passes):
+            now_ms = int(time.time() * 1000)
+            traces.add([now_ms - 1000 + i for i in range(args.per_pass)])
+            forced.append(timed_pass(engine, now_ms))
+        result["update_cpu_s_median"] = statistics.median(p["observe_cpu_s"] for p in forced)
+        result["update_wall_s_median"] = statistics.median(p["observe_s"] for p in forced)
         next_hour = window_start(now_ms, HOUR_MS) + HOUR_MS
         traces.add([next_hour + i for i in range(args.per_pass)])
         engine.quality._updated_ms = None  # this pass updates the windows
@@ -179,6 +191,8 @@ def main() -> None:
             "on": mean(on, "steady_pass_wall_s_median"),
         },
         "steady_observe_s_median": mean(on, "steady_observe_s_median"),
+        "update_cpu_s_median": mean(on, "update_cpu_s_median"),
+        "update_wall_s_median": mean(on, "update_wall_s_median"),
         "pass_opening_a_new_hour": [r["pass_opening_a_new_hour"] for r in on],
         "pass_rereading_today": [r["pass_rereading_today"] for r in on],
         "runs": results,
