@@ -3,7 +3,6 @@ recomputed exactly from the store, and their rendering as table rows and trend a
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from typing import Any
 
@@ -139,7 +138,3 @@ def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> l
         }
         for judge, row in latest.items()
     ]
-
-
-def utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
