@@ -18,9 +18,29 @@ ALLOWED: dict[str, set[str]] = {
     "discovery": {"exceptions"},
     "scoring": {"exceptions", "redact", "config", "discovery"},
     "export": {"exceptions", "discovery"},
+    "observe": {"exceptions", "redact", "config", "discovery", "scoring", "export"},
     "alerts": {"exceptions", "redact", "config", "discovery"},
-    "engine": {"exceptions", "redact", "config", "discovery", "scoring", "export", "alerts"},
-    "cli": {"exceptions", "redact", "config", "discovery", "scoring", "export", "engine", "alerts"},
+    "engine": {
+        "exceptions",
+        "redact",
+        "config",
+        "discovery",
+        "scoring",
+        "export",
+        "observe",
+        "alerts",
+    },
+    "cli": {
+        "exceptions",
+        "redact",
+        "config",
+        "discovery",
+        "scoring",
+        "export",
+        "observe",
+        "alerts",
+        "engine",
+    },
 }
 
 

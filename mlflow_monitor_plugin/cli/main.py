@@ -17,6 +17,7 @@ from mlflow_monitor_plugin.cli import alerts as cli_alerts
 from mlflow_monitor_plugin.cli import backfill as cli_backfill
 from mlflow_monitor_plugin.cli import export as cli_export
 from mlflow_monitor_plugin.cli import judges as cli_judges
+from mlflow_monitor_plugin.cli import quality as cli_quality
 from mlflow_monitor_plugin.cli import run as cli_run
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import api
@@ -314,6 +315,7 @@ for command in (
     + cli_judges.COMMANDS
     + cli_alerts.COMMANDS
     + cli_backfill.COMMANDS
+    + cli_quality.COMMANDS
 ):
     monitor.add_command(command)
 

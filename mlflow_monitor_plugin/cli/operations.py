@@ -19,6 +19,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+from mlflow_monitor_plugin.observe.report import last_windows
 from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states, session_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
@@ -137,6 +138,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         _count_sessions(monitor, session_judges, counts)
     newest = source.newest_timestamp_ms()
     lag = lag_ms(cursor.score, newest)
+    windows = last_windows(monitor, int(time.time() * 1000), source)
     return {
         "experiment_id": monitor.experiment_id,
         "checkpoint": cursor.score.to_dict() if cursor.score else None,
@@ -149,6 +151,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
              **({"unavailable": unavailable[j.name]} if j.name in unavailable else {})}
             for j in all_judges
         ],
+        "windows": windows,
     }  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from mlflow_monitor_plugin.cli.options import (
     log_level_option,
     output_option,
 )
+from mlflow_monitor_plugin.cli.quality import metrics_options, serving_metrics
 from mlflow_monitor_plugin.engine.daemon import DEFAULT_INTERVAL_S
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings
 from mlflow_monitor_plugin.redact import configure_logging
@@ -107,6 +108,7 @@ def _settings(
 )
 @engine_options
 @daemon_alert_options
+@metrics_options
 @log_level_option
 @handle_errors
 def run_command(
@@ -114,6 +116,8 @@ def run_command(
     once: bool,
     interval: float,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
     **engine: Any,
 ) -> None:
     """Run the monitoring daemon: score sampled traces, log verdicts, export every trace.
@@ -127,6 +131,7 @@ def run_command(
       mlflow monitor run                       # every monitored experiment
       mlflow monitor run -x 123 --interval 1   # one experiment, a pass every second
       mlflow monitor run -x 123 --once         # catch up, then exit
+      mlflow monitor run --metrics-port 9464   # and serve /metrics and /healthz
     """
     from mlflow_monitor_plugin.engine.daemon import Daemon
     from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
@@ -135,7 +140,10 @@ def run_command(
     alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine), alerts=alerts)
     calls = engine["workers"] * max(1, engine["processes"])  # at once, at most
-    with judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)):
+    with (
+        serving_metrics(daemon, metrics_host, metrics_port, interval),
+        judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)),
+    ):
         _run(daemon, once)
 
 
@@ -217,6 +225,10 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
     for row in status["judges"]:
         if row.get("unavailable"):
             click.echo(f"unavailable: {row['judge']}: {row['unavailable']}")
+    if status.get("windows"):
+        click.echo("last window:")
+        _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
+                    "interval95", "errors"])  # fmt: skip
 
 
 @click.command("demo")

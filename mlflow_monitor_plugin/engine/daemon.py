@@ -77,6 +77,7 @@ class Daemon:
         self.stop_flag = threading.Event()
         self._discovery_failures = 0
         self.alerts = alerts or AlertRunner.create()
+        self.observers: list[Callable[[PassReport], None]] = []  # e.g. observe.server.Health
 
     def monitored(self) -> list[str]:
         return list(self.experiment_ids) if self.experiment_ids else self._discover()
@@ -89,7 +90,16 @@ class Daemon:
         return self.engines[experiment_id]
 
     def run_pass(self, now_ms: int | None = None, max_pages: int | None = None) -> PassReport:
-        """One pass over every monitor that is not backing off."""
+        """One pass over every monitor that is not backing off; then its observers are told."""
+        report = self._pass(now_ms, max_pages)
+        for observer in self.observers:
+            try:
+                observer(report)
+            except Exception:
+                _logger.exception("Pass observer %r failed", observer)
+        return report
+
+    def _pass(self, now_ms: int | None, max_pages: int | None) -> PassReport:
         report = PassReport()
         try:
             experiment_ids = self.monitored()

@@ -30,6 +30,7 @@ from mlflow_monitor_plugin.engine.lease import Lease, new_owner
 from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.observe.tracker import QualitySettings, QualityTracker
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Outcome, Scorer
@@ -50,6 +51,7 @@ class EngineSettings:
     resync_every_s: float = 3600.0  # re-export yesterday and today, for later feedback; 0: off
     session_quiet_s: float = 300.0  # a session is judged once quiet this long (engine/sessions.py)
     export: bool = True
+    windows: bool = True  # quality windows, charts and live metrics (observe/)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
 
@@ -126,6 +128,7 @@ class PassContext:
     cursor: Cursor
     export: ParquetExporter | None
     stats: PassStats
+    touched: dict[str, int] = field(default_factory=dict)  # trace id -> request time (observe/)
 
 
 def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
@@ -147,6 +150,7 @@ class MonitorEngine:
         settings: EngineSettings | None = None,
         owner: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        quality: QualityTracker | None = None,
     ):
         self.experiment_id = experiment_id
         self.tags = tags
@@ -161,6 +165,7 @@ class MonitorEngine:
         self._reported: set[tuple[str, str]] = set()  # unavailable judges already logged
         self._sessions: SessionPass | None = None
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
+        self.quality = quality
 
     @classmethod
     def create(
@@ -179,6 +184,18 @@ class MonitorEngine:
         if scorer is None:
             fetch = TraceSource(experiment_id, client).fetch
             scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
+        quality = None
+        if settings.windows:
+            quality = QualityTracker(
+                experiment_id,
+                client,
+                TraceSource(experiment_id, client),
+                QualitySettings(
+                    late_window_s=settings.late_window_s,
+                    max_failed_passes=settings.max_failed_passes,
+                    export=settings.export,
+                ),
+            )
         return cls(
             experiment_id,
             MonitorTags(client),
@@ -186,6 +203,7 @@ class MonitorEngine:
             lambda exp: TraceSource(exp, client),
             settings,
             owner,
+            quality=quality,
         )
 
     # -- state in tags -------------------------------------------------------------------
@@ -244,6 +262,7 @@ class MonitorEngine:
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
         stats.seconds = time.monotonic() - started
+        self._observe(ctx, now_ms)
         return stats
 
     @property
@@ -255,6 +274,15 @@ class MonitorEngine:
                 self.experiment_id, self.tags, client, self.settings
             )
         return self._sessions
+
+    def _observe(self, ctx: PassContext, now_ms: int) -> None:
+        """Quality windows, charts and live metrics of this pass (observe/); never fails it."""
+        if self.quality is None:
+            return
+        try:
+            self.quality.after_pass(ctx.monitor, ctx.cursor.score, ctx.touched, ctx.stats, now_ms)
+        except Exception:
+            _logger.exception("Quality windows of experiment %s not updated", self.experiment_id)
 
     def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
         if monitor.assessments_config.paused:
@@ -306,6 +334,8 @@ class MonitorEngine:
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
             retry_only = seen is not None and seen(info, states)
+            if not retry_only:  # new to the monitor: its window changes
+                ctx.touched[info.trace_id] = info.timestamp_ms
             for judge in judges:
                 if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
                     continue
@@ -322,6 +352,7 @@ class MonitorEngine:
                     continue  # not applicable when first seen: nothing to redo
                 else:
                     due.setdefault(info.trace_id, []).append((judge, state))
+                    ctx.touched[info.trace_id] = info.timestamp_ms
         self.score_due(ctx, due, stats)
 
     def score_due(

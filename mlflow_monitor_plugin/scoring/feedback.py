@@ -39,6 +39,7 @@ VERDICT_KEY = "mlflow_monitor.verdict_id"
 PARTS_KEY = "mlflow_monitor.parts"
 CONFIG_VERSION_KEY = "mlflow_monitor.config_version"
 FAILED_PASSES_KEY = "mlflow_monitor.failed_passes"
+SECONDS_KEY = "mlflow_monitor.seconds"  # the judge's latency (absent before version 0.2)
 SESSION_VERSION_KEY = "mlflow_monitor.session_version"  # on a session judge's verdicts
 CODE_SOURCE_PREFIX = "mlflow_monitor/"
 # What MLflow's Feedback carries when its maker named no one: never a judge's name.
@@ -165,13 +166,16 @@ class FeedbackWriter:
         self._delete = delete_assessment
         self._log_assessment = log_assessment
 
-    def _metadata(self, judge: str, verdict_id: str, parts: int) -> dict[str, str]:
+    def _metadata(
+        self, judge: str, verdict_id: str, parts: int, seconds: float = 0.0
+    ) -> dict[str, str]:
         return {
             MONITOR_KEY: self.monitor_id,
             JUDGE_KEY: judge,
             VERDICT_KEY: verdict_id,
             PARTS_KEY: str(parts),
             CONFIG_VERSION_KEY: str(self.config_version),
+            SECONDS_KEY: f"{seconds:.3f}",
         }
 
     def write(self, verdict: Verdict, state: JudgeState | None, charge: bool = True) -> int:
@@ -190,7 +194,9 @@ class FeedbackWriter:
                     metadata={
                         **{k: str(v) for k, v in (feedback.metadata or {}).items()},
                         **verdict.metadata,
-                        **self._metadata(judge.name, verdict_id, len(verdict.feedbacks)),
+                        **self._metadata(
+                            judge.name, verdict_id, len(verdict.feedbacks), verdict.seconds
+                        ),
                     },
                     span_id=feedback.span_id or verdict.root_span_id,
                 )
@@ -200,7 +206,10 @@ class FeedbackWriter:
                     self._log(trace_id=trace_id, **fields)
             stale = state.errors + [a for group in state.partial for a in group]
         else:
-            metadata = {**verdict.metadata, **self._metadata(judge.name, verdict_id, 1)}
+            metadata = {
+                **verdict.metadata,
+                **self._metadata(judge.name, verdict_id, 1, verdict.seconds),
+            }
             passes = state.failed_passes + 1 if charge else max(state.failed_passes, 1)
             metadata[FAILED_PASSES_KEY] = str(passes)
             self._log(

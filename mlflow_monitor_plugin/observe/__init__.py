@@ -1,0 +1,1 @@
+"""The observe stage: quality windows over time, their charts and dataset, live metrics, health."""

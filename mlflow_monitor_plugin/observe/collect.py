@@ -1,0 +1,154 @@
+"""A monitor's windows as the store holds them: each trace's outcome per judge, read a UTC day
+at a time, with per-hour tallies that are recomputed only for the hours a pass touched."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import TraceInfo
+
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.observe.windows import (
+    DAY_MS,
+    HOUR_MS,
+    Outcome,
+    Tally,
+    classify,
+    combine,
+    tally,
+    window_start,
+)
+from mlflow_monitor_plugin.scoring.feedback import SECONDS_KEY, VERDICT_KEY, judge_states
+
+_logger = logging.getLogger(__name__)
+
+Judges = tuple[tuple[str, float], ...]  # (feedback name, sample rate) of each judge
+# shared by every trace they describe: most outcomes are one of these two
+_UNSAMPLED = Outcome(sampled=False)
+_UNSCORED = Outcome(sampled=True)
+
+
+def _created(assessments: Iterable[Any]) -> int | None:
+    stamps = [a.create_time_ms for a in assessments if getattr(a, "create_time_ms", None)]
+    return max(stamps) if stamps else None
+
+
+def _seconds(assessment: Any) -> float | None:
+    try:
+        return float((assessment.metadata or {})[SECONDS_KEY])
+    except (KeyError, TypeError, ValueError):
+        return None  # written before verdicts recorded their latency
+
+
+def outcomes(
+    info: TraceInfo, monitor_id: str, judges: Judges, max_failed_passes: int
+) -> dict[str, Outcome]:
+    """What this trace contributes to each judge's window, from the monitor's assessments."""
+    states = judge_states(info, monitor_id)
+    result = {}
+    for name, rate in judges:
+        if not is_sampled(info.trace_id, monitor_id, rate):
+            result[name] = _UNSAMPLED
+            continue
+        state = states.get(name)
+        if state and state.complete:
+            # the verdict the reconcile keeps when two daemons raced: the lowest verdict id
+            group = min(state.complete, key=lambda g: g[0].metadata.get(VERDICT_KEY, ""))
+            primary = [a for a in group if a.name == name] or group[:1]
+            kind, value = combine([classify(getattr(a, "value", None)) for a in primary])
+            result[name] = Outcome(True, kind, value, _seconds(group[0]), False, _created(group))
+        elif state and state.errors:
+            retryable = state.failed_passes < max_failed_passes
+            result[name] = Outcome(True, "error", None, None, retryable, _created(state.errors))
+        else:
+            result[name] = _UNSCORED
+    return result
+
+
+@dataclass
+class Day:
+    """One UTC day of a monitor's traces, by hour, and the hours' tallies per judge."""
+
+    start_ms: int
+    hours: dict[int, dict[str, dict[str, Outcome]]] = field(default_factory=dict)
+    _tallies: dict[int, dict[str, Tally]] = field(default_factory=dict)
+
+    def put(self, timestamp_ms: int, trace_id: str, by_judge: dict[str, Outcome]) -> int:
+        hour = window_start(timestamp_ms, HOUR_MS)
+        self.hours.setdefault(hour, {})[trace_id] = by_judge
+        self._tallies.pop(hour, None)
+        return hour
+
+    def hour_tallies(self, hour: int, judges: Judges) -> dict[str, Tally]:
+        if hour not in self._tallies:
+            traces = self.hours.get(hour, {}).values()
+            self._tallies[hour] = {
+                name: tally(t[name] for t in traces if name in t) for name, _ in judges
+            }
+        return self._tallies[hour]
+
+    def day_tallies(self, judges: Judges) -> dict[str, Tally]:
+        total = {name: Tally() for name, _ in judges}
+        for hour in sorted(self.hours):
+            for name, part in self.hour_tallies(hour, judges).items():
+                total[name] = total[name].merge(part)
+        return total
+
+
+class WindowReader:
+    """Reads a monitor's outcomes from the store: whole days, or the traces a pass touched."""
+
+    def __init__(
+        self,
+        source: Any,
+        monitor_id: str,
+        judges: Judges,
+        max_failed_passes: int,
+        page_size: int = 500,
+    ):
+        self.source = source  # a discovery TraceSource (finished, non-evaluation traces)
+        self.monitor_id = monitor_id
+        self.judges = judges
+        self.max_failed_passes = max_failed_passes
+        self.page_size = page_size
+
+    def _infos(self, from_ms: int, until_ms: int) -> Iterable[TraceInfo]:
+        for page in self.source.infos_after(Checkpoint(from_ms, ""), self.page_size, until_ms):
+            yield from page
+
+    def _outcomes(self, info: TraceInfo) -> dict[str, Outcome]:
+        return outcomes(info, self.monitor_id, self.judges, self.max_failed_passes)
+
+    def load_day(self, day_start_ms: int) -> Day:
+        day = Day(day_start_ms)
+        for info in self._infos(day_start_ms, day_start_ms + DAY_MS):
+            day.put(info.timestamp_ms, info.trace_id, self._outcomes(info))
+        return day
+
+    def refresh(self, day: Day, touched: dict[str, int]) -> dict[str, dict[str, Outcome]]:
+        """Re-read the touched traces of ``day`` (one time range per hour they fall in) and
+        store what they carry now; returns their outcomes by trace id."""
+        by_hour: dict[int, list[int]] = {}
+        for stamp in touched.values():
+            by_hour.setdefault(window_start(stamp, HOUR_MS), []).append(stamp)
+        fresh = {}
+        for stamps in by_hour.values():
+            for info in self._infos(min(stamps), max(stamps) + 1):
+                by_judge = self._outcomes(info)
+                day.put(info.timestamp_ms, info.trace_id, by_judge)
+                if info.trace_id in touched:
+                    fresh[info.trace_id] = by_judge
+        return fresh
+
+    def outcomes_of(self, day: Day, trace_ids: Iterable[str]) -> dict[str, dict[str, Outcome]]:
+        wanted = set(trace_ids)
+        return {
+            trace_id: by_judge
+            for traces in day.hours.values()
+            for trace_id, by_judge in traces.items()
+            if trace_id in wanted
+        }

@@ -1,0 +1,101 @@
+"""The daemon's live metrics in Prometheus form (``prometheus_client``), on one registry.
+
+``METRICS`` is the process's registry; the passes update it, the metrics server
+(``observe/server.py``) serves it. Components that keep their own state (the concurrency
+limiter, for one) can publish it without this module knowing them: ``add_snapshot_source``
+takes a name and a callable returning a mapping of numbers, read at every scrape and exposed
+as ``mlflow_monitor_<name>_<key>`` gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+_logger = logging.getLogger(__name__)
+
+PREFIX = "mlflow_monitor"
+_CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class _Snapshots(Collector):
+    """Gauges read from registered ``snapshot()`` callables at scrape time."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, Callable[[], Mapping[str, float]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, snapshot: Callable[[], Mapping[str, float]]) -> None:
+        with self._lock:
+            self._sources[_NAME.sub("_", name)] = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            sources = dict(self._sources)
+        for name, snapshot in sorted(sources.items()):
+            try:
+                values = dict(snapshot())
+            except Exception as e:  # a broken source must not break the scrape
+                _logger.debug("Snapshot source %s failed: %s", name, e)
+                continue
+            for key, value in sorted(values.items()):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    family = f"{PREFIX}_{name}_{_NAME.sub('_', str(key))}"
+                    yield GaugeMetricFamily(family, f"{name} snapshot: {key}", value=value)
+
+
+class LiveMetrics:
+    """Counters, gauges and histograms of the daemon, registered on their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.verdicts = Counter(
+            f"{PREFIX}_verdicts", "Verdicts written, by judge and value.", ["judge", "value"],
+            registry=r,
+        )  # fmt: skip
+        self.judge_errors = Counter(
+            f"{PREFIX}_judge_errors", "Error feedback written, by judge.", ["judge"], registry=r
+        )
+        self.judge_call_seconds = Histogram(
+            f"{PREFIX}_judge_call_seconds", "Time of one judge call (with its retries).",
+            ["judge"], buckets=_CALL_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.pass_seconds = Histogram(
+            f"{PREFIX}_pass_seconds", "Time of one monitor's pass.", ["experiment"],
+            buckets=_PASS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.lag_seconds = Gauge(
+            f"{PREFIX}_lag_seconds", "How far the checkpoint trails the newest finished trace.",
+            ["experiment", "monitor"], registry=r,
+        )  # fmt: skip
+        self.traces_exported = Counter(
+            f"{PREFIX}_traces_exported", "Traces written to the export.", ["experiment"],
+            registry=r,
+        )  # fmt: skip
+        self.last_pass_timestamp = Gauge(
+            f"{PREFIX}_last_pass_timestamp_seconds", "Unix time the daemon's last pass ended.",
+            registry=r,
+        )  # fmt: skip
+        self.pass_failures = Counter(
+            f"{PREFIX}_pass_failures", "Monitor passes that raised.", registry=r
+        )
+        self._snapshots = _Snapshots()
+        r.register(self._snapshots)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory, open fds
+
+    def add_snapshot_source(self, name: str, snapshot: Callable[[], Mapping[str, float]]) -> None:
+        """Expose ``snapshot()``'s numbers as gauges, e.g. a concurrency limiter's state."""
+        self._snapshots.add(name, snapshot)
+
+
+METRICS = LiveMetrics()

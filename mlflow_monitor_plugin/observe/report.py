@@ -1,0 +1,140 @@
+"""What ``mlflow monitor report`` and ``status`` show: a monitor's windows over a period,
+recomputed exactly from the store, and their rendering as table rows and trend arrows."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.discovery.traces import TraceSource
+from mlflow_monitor_plugin.exceptions import MonitorConfigError
+from mlflow_monitor_plugin.observe.collect import Judges, WindowReader
+from mlflow_monitor_plugin.observe.tracker import window_rows
+from mlflow_monitor_plugin.observe.windows import DAY_MS, HOUR_MS, WIDTHS, trend, window_start
+from mlflow_monitor_plugin.scoring.judges import build_judges
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_UNIT_MS = {"m": 60_000, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``30m``, ``12h``, ``7d`` or ``2w`` in milliseconds."""
+    match = _DURATION.match(text or "")
+    if not match or int(match.group(1)) == 0:
+        raise MonitorConfigError("since", text, "a positive duration such as 30m, 12h, 7d or 2w")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def judges_of(monitor: ExternalMonitor) -> Judges:
+    return tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+
+
+def windows(
+    monitor: ExternalMonitor,
+    since_ms: int,
+    now_ms: int,
+    width: str,
+    judge_names: list[str] | None = None,
+    max_failed_passes: int = 5,
+    source: Any = None,
+) -> list[dict[str, Any]]:
+    """The rows of every ``width`` window overlapping ``[since_ms, now_ms]`` that holds traces,
+    per judge, oldest first; computed from the store."""
+    if width not in WIDTHS:
+        raise MonitorConfigError("window", width, f"one of {', '.join(WIDTHS)}")
+    judges = judges_of(monitor)
+    if judge_names:
+        judges = tuple(j for j in judges if j[0] in set(judge_names))
+    source = source or TraceSource(monitor.experiment_id)
+    reader = WindowReader(source, monitor.monitor_id, judges, max_failed_passes)
+    rows = []
+    first = window_start(since_ms, DAY_MS)
+    for day_start in range(first, now_ms + 1, DAY_MS):
+        day = reader.load_day(day_start)
+        if not day.hours:
+            continue
+        if width == "1d":
+            rows += window_rows(monitor, judges, "1d", day_start, day.day_tallies(judges), now_ms)
+            continue
+        for hour in sorted(day.hours):
+            if hour + HOUR_MS > since_ms:
+                tallies = day.hour_tallies(hour, judges)
+                rows += window_rows(monitor, judges, "1h", hour, tallies, now_ms)
+    return rows
+
+
+def by_judge(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["judge"], []).append(row)
+    for judge_rows in grouped.values():
+        judge_rows.sort(key=lambda r: r["window_start_ms"])
+    return grouped
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
+    """The last ``last`` windows of each judge as printable cells, with a trend arrow each."""
+    printable = []
+    for judge, judge_rows in by_judge(rows).items():
+        previous = None
+        shown = []
+        for row in judge_rows:
+            shown.append((row, trend(previous, row["pass_rate"])))
+            if row["pass_rate"] is not None:
+                previous = row["pass_rate"]
+        for row, arrow in shown[-last:]:
+            low, high = row["pass_rate_low95"], row["pass_rate_high95"]
+            printable.append(
+                {
+                    "judge": judge,
+                    "window": row["window_start"].strftime(
+                        "%Y-%m-%d %H:%M" if row["width"] == "1h" else "%Y-%m-%d"
+                    ),
+                    "traces": str(row["eligible"]),
+                    "sampled": str(row["sampled"]),
+                    "verdicts": str(row["verdicts"]),
+                    "pass_rate": _pct(row["pass_rate"]),
+                    "95%": "-" if low is None else f"{_pct(low)}–{_pct(high)}",
+                    "trend": arrow,
+                    "errors": str(row["errors"]),
+                    "est_failing": _num(row["estimated_failing"]),
+                    "mean": _num(row["value_mean"], 3),
+                    "latency_p50": _num(row["latency_p50"], 2),
+                    "latency_p95": _num(row["latency_p95"], 2),
+                }
+            )
+    return printable
+
+
+TABLE_COLUMNS = [
+    "judge", "window", "traces", "sampled", "verdicts", "pass_rate", "95%", "trend", "errors",
+    "est_failing", "latency_p50", "latency_p95",
+]  # fmt: skip
+
+
+def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> list[dict]:
+    """For ``status``: each judge's latest hourly window with traces (today or yesterday)."""
+    rows = windows(monitor, window_start(now_ms, DAY_MS) - DAY_MS, now_ms, "1h", source=source)
+    latest = {judge: judge_rows[-1] for judge, judge_rows in by_judge(rows).items()}
+    return [
+        {
+            "judge": judge,
+            "window": row["window_start"].isoformat(),
+            "verdicts": row["verdicts"],
+            "pass_rate": None if row["pass_rate"] is None else round(row["pass_rate"], 4),
+            "interval95": "-"
+            if row["pass_rate_low95"] is None
+            else f"{_pct(row['pass_rate_low95'])}–{_pct(row['pass_rate_high95'])}",
+            "errors": row["errors"],
+        }
+        for judge, row in latest.items()
+    ]

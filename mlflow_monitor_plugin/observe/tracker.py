@@ -1,0 +1,268 @@
+"""After each pass: update the windows the pass touched, then the quality dataset, the MLflow
+metrics run and the live metrics. Called once per pass by the engine; never fails the pass.
+
+The truth is the store: the first time a UTC day is touched, all its traces are read (one
+``search_traces`` range without spans); after that only the traces a pass touched are read
+again, so a pass costs about one more page read per page it processed, however many traces the
+experiment holds. Days the late-arrival sweep no longer revisits are dropped from memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.entities import Metric
+
+from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
+from mlflow_monitor_plugin.exceptions import ExportError
+from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader
+from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
+from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
+from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun
+from mlflow_monitor_plugin.observe.windows import (
+    DAY_MS,
+    HOUR_MS,
+    VERDICT_KINDS,
+    Outcome,
+    Tally,
+    settled,
+    window_start,
+)
+from mlflow_monitor_plugin.scoring.judges import build_judges
+
+_logger = logging.getLogger(__name__)
+
+_VALUE_LABELS = {"pass": "yes", "fail": "no", "numeric": "numeric"}
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    settle_s: float = 3600.0  # a closed window is charted this long after it ends, at the earliest
+    late_window_s: float = 24 * 3600.0  # the engine's late window: windows older never change
+    max_failed_passes: int = 5
+    lag_every_s: float = 300.0  # how often lag_seconds is charted
+    run_check_s: float = 60.0  # how often to check that a user has not deleted the metrics run
+    update_every_s: float = 30.0  # while passes keep finding traces; at once when one finds none
+    export: bool = True  # write the quality dataset beside the trace export
+
+
+def window_rows(
+    monitor: ExternalMonitor,
+    judges: Judges,
+    width: str,
+    start_ms: int,
+    tallies: dict[str, Tally],
+    computed_ms: int,
+) -> list[dict[str, Any]]:
+    """The quality rows of one window, one per judge."""
+    width_ms = DAY_MS if width == "1d" else HOUR_MS
+    rows = []
+    for name, rate in judges:
+        rows.append(
+            {
+                "monitor_id": monitor.monitor_id,
+                "experiment_id": monitor.experiment_id,
+                "judge": name,
+                "width": width,
+                "window_start": dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc),
+                "window_end": dt.datetime.fromtimestamp(
+                    (start_ms + width_ms) / 1000, dt.timezone.utc
+                ),
+                "window_start_ms": start_ms,
+                "computed_at": dt.datetime.fromtimestamp(computed_ms / 1000, dt.timezone.utc),
+                **tallies[name].stats(rate),
+            }
+        )
+    return rows
+
+
+def day_rows(
+    monitor: ExternalMonitor, judges: Judges, day: Day, computed_ms: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The hourly rows and the daily rows of one day."""
+    hourly = [
+        row
+        for hour in sorted(day.hours)
+        for row in window_rows(
+            monitor, judges, "1h", hour, day.hour_tallies(hour, judges), computed_ms
+        )
+    ]
+    daily = window_rows(monitor, judges, "1d", day.start_ms, day.day_tallies(judges), computed_ms)
+    return hourly, daily
+
+
+class QualityTracker:
+    """Keeps one monitor's recent days in memory and publishes their windows."""
+
+    def __init__(
+        self,
+        experiment_id: str,
+        client: Any,
+        source: Any,
+        settings: QualitySettings | None = None,
+        live: LiveMetrics = METRICS,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.experiment_id = experiment_id
+        self.client = client
+        self.source = source
+        self.settings = settings or QualitySettings()
+        self.live = live
+        self._wall = wall
+        self._key: tuple[str, Judges] | None = None
+        self.days: dict[int, Day] = {}
+        self._unexported: set[int] = set()
+        self._reader: WindowReader | None = None
+        self._run: MetricsRun | None = None
+        self._lag_logged_ms = 0
+        self._run_checked_ms = 0
+        self._pending: dict[str, int] = {}  # touched by passes since the last update
+        self._updated_ms: int | None = None  # the engine's time of the last update
+        self._updated_wall_ms: int | None = None
+
+    def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
+        """A new monitor, or its judges or rates changed: start from the store again."""
+        self._key = (monitor.monitor_id, judges)
+        self.days.clear()
+        self._unexported.clear()
+        self._reader = WindowReader(
+            self.source, monitor.monitor_id, judges, self.settings.max_failed_passes
+        )
+        self._run = MetricsRun(self.client, self.experiment_id, monitor.monitor_id)
+
+    def after_pass(
+        self,
+        monitor: ExternalMonitor,
+        cursor: Checkpoint | None,
+        touched: dict[str, int],
+        stats: Any,
+        now_ms: int,
+    ) -> None:
+        """Record the pass; every ``update_every_s`` (and whenever a pass found nothing new,
+        so a catch-up ends with exact windows) bring the windows up to date and publish them."""
+        wall_ms = int(self._wall() * 1000)
+        self.live.pass_seconds.labels(self.experiment_id).observe(stats.seconds)
+        if stats.exported:
+            self.live.traces_exported.labels(self.experiment_id).inc(stats.exported)
+        self._pending.update(touched)
+        every_ms = self.settings.update_every_s * 1000
+        due = (
+            self._updated_ms is None
+            or now_ms - self._updated_ms >= every_ms
+            or (self._pending and not touched)
+        )
+        if not due:
+            return
+        since_ms = self._updated_wall_ms or wall_ms - int(stats.seconds * 1000) - 1
+        self._updated_ms, self._updated_wall_ms = now_ms, wall_ms
+        touched, self._pending = self._pending, {}
+        judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+        if self._key != (monitor.monitor_id, judges):
+            self._reset(monitor, judges)
+        self._count(self._update(touched), since_ms)
+        if self.settings.export:
+            self._export(monitor, judges, wall_ms)
+        self._chart(monitor, judges, cursor, now_ms, wall_ms)
+        horizon = now_ms - int(self.settings.late_window_s * 1000) - DAY_MS
+        for start in [s for s in self.days if s + DAY_MS < horizon]:
+            del self.days[start]
+
+    def _update(self, touched: dict[str, int]) -> dict[str, dict[str, Outcome]]:
+        """Bring the touched days up to date; the touched traces' outcomes now."""
+        assert self._reader is not None
+        by_day: dict[int, dict[str, int]] = {}
+        for trace_id, stamp in touched.items():
+            by_day.setdefault(window_start(stamp, DAY_MS), {})[trace_id] = stamp
+        fresh: dict[str, dict[str, Outcome]] = {}
+        for start, traces in sorted(by_day.items()):
+            if start in self.days:
+                fresh.update(self._reader.refresh(self.days[start], traces))
+            else:
+                self.days[start] = self._reader.load_day(start)
+                fresh.update(self._reader.outcomes_of(self.days[start], traces))
+            self._unexported.add(start)
+        return fresh
+
+    def _count(self, fresh: dict[str, dict[str, Outcome]], since_ms: int) -> None:
+        """Live metrics: the verdicts and errors written since the last update."""
+        live = self.live
+        for by_judge in fresh.values():
+            for judge, outcome in by_judge.items():
+                if outcome.created_ms is None or outcome.created_ms < since_ms:
+                    continue
+                if outcome.kind == "error":
+                    live.judge_errors.labels(judge).inc()
+                elif outcome.kind in VERDICT_KINDS:
+                    label = _VALUE_LABELS.get(outcome.kind, "other")
+                    live.verdicts.labels(judge, label).inc()
+                    if outcome.seconds is not None:
+                        live.judge_call_seconds.labels(judge).observe(outcome.seconds)
+
+    def _export(self, monitor: ExternalMonitor, judges: Judges, wall_ms: int) -> None:
+        dataset = QualityDataset(quality_uri(monitor.export_uri))
+        for start in sorted(self._unexported):
+            day = self.days.get(start)
+            if day is None:
+                self._unexported.discard(start)
+                continue
+            hourly, daily = day_rows(monitor, judges, day, wall_ms)
+            date = dt.datetime.fromtimestamp(start / 1000, dt.timezone.utc).date()
+            try:
+                dataset.write_day(monitor.monitor_id, "1h", date, hourly)
+                dataset.write_day(monitor.monitor_id, "1d", date, daily)
+            except ExportError as e:
+                _logger.error("Quality windows of %s not exported (retried next pass): %s", date, e)
+                return
+            self._unexported.discard(start)
+
+    def _settled_rows(
+        self, monitor: ExternalMonitor, judges: Judges, cursor_ms: int | None, now_ms: int
+    ) -> list[dict[str, Any]]:
+        s = self.settings
+        settle_ms, late_ms = int(s.settle_s * 1000), int(s.late_window_s * 1000)
+        assert self._run is not None
+        written = self._run.written
+        rows = []
+        for start, day in sorted(self.days.items()):
+            windows = [("1h", h, HOUR_MS, day.hour_tallies(h, judges)) for h in sorted(day.hours)]
+            windows.append(("1d", start, DAY_MS, day.day_tallies(judges)))
+            for width, begin, width_ms, tallies in windows:
+                if (width, begin) in written:
+                    continue
+                retryable = sum(t.retryable for t in tallies.values())
+                if settled(begin + width_ms, now_ms, cursor_ms, retryable, settle_ms, late_ms):
+                    rows += window_rows(monitor, judges, width, begin, tallies, now_ms)
+        return rows
+
+    def _chart(
+        self,
+        monitor: ExternalMonitor,
+        judges: Judges,
+        cursor: Checkpoint | None,
+        now_ms: int,
+        wall_ms: int,
+    ) -> None:
+        assert self._run is not None
+        extra = []
+        lag = lag_ms(cursor, self.source.newest_timestamp_ms())
+        if lag is not None:
+            self.live.lag_seconds.labels(self.experiment_id, monitor.monitor_id).set(lag / 1000)
+            if wall_ms - self._lag_logged_ms >= self.settings.lag_every_s * 1000:
+                extra.append(Metric("lag_seconds", lag / 1000, wall_ms, wall_ms // 1000))
+        if wall_ms - self._run_checked_ms >= self.settings.run_check_s * 1000:
+            self._run.verify()
+            self._run_checked_ms = wall_ms
+        self._run.run_id()  # resolve the run (and what it already charted) before filtering
+        rows = self._settled_rows(monitor, judges, cursor.timestamp_ms if cursor else None, now_ms)
+        if not rows and not extra:
+            return
+        keep_after = now_ms - int(self.settings.late_window_s * 1000) - 2 * DAY_MS
+        self._run.log(rows, extra, keep_after)
+        if extra:
+            self._lag_logged_ms = wall_ms
