@@ -10,10 +10,11 @@ so how wide the interval is, and scales the estimated number of failing traces.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from statistics import NormalDist
+
+from mlflow_monitor_plugin.observe.windows import wilson_effective
 
 
 def z_score(confidence: float) -> float:
@@ -22,18 +23,16 @@ def z_score(confidence: float) -> float:
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion; (0, 1) when ``n`` is 0."""
+    """The Wilson score interval of a binomial proportion (the windows' formula, at any
+    ``confidence``); (0, 1) when ``n`` is 0."""
     if n <= 0:
         return 0.0, 1.0
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be within 0..{n}, got {successes}")
-    z = z_score(confidence)
     p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    low, high = wilson_effective(p, n, z_score(confidence))
     # at p = 0 or 1 the bound is exact in theory; keep rounding from moving it past p
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+    return max(0.0, min(p, low)), min(1.0, max(p, high))
 
 
 def window_start_ms(at_ms: int, width_ms: int) -> int:
