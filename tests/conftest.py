@@ -203,10 +203,18 @@ def postgres_rest_uri(
     yield from _use_tracking_uri(postgres_mlflow_server.url, tmp_path, monkeypatch)
 
 
-@pytest.fixture(params=["sqlite", "rest"])
+TRACKING_URI_FIXTURES = {
+    "sqlite": "sqlite_uri",
+    "rest": "rest_uri",
+    "postgres": "postgres_rest_uri",
+}
+
+
+@pytest.fixture(params=["sqlite", "rest", pytest.param("postgres", marks=pytest.mark.postgres)])
 def tracking_uri(request: pytest.FixtureRequest) -> str:
-    """Runs the test against a SQLite store and against a real `mlflow server`."""
-    return request.getfixturevalue("sqlite_uri" if request.param == "sqlite" else "rest_uri")
+    """Runs the test against a SQLite store, a real `mlflow server` on SQLite, and one on
+    PostgreSQL with two workers."""
+    return request.getfixturevalue(TRACKING_URI_FIXTURES[request.param])
 
 
 @pytest.fixture

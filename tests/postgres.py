@@ -33,15 +33,17 @@ def _version_key(folder: str) -> tuple[int, ...]:
 
 
 def find_bindir() -> Path | None:
-    """The folder of ``initdb``, ``pg_ctl`` and ``postgres``: MLFLOW_MONITOR_PG_BINDIR, else
-    Debian's newest /usr/lib/postgresql/<version>/bin, else wherever PATH finds ``initdb``."""
+    """The folder of ``initdb``, ``pg_ctl`` and ``postgres``: MLFLOW_MONITOR_PG_BINDIR when set
+    (only it), else Debian's newest /usr/lib/postgresql/<version>/bin, else PATH's ``initdb``."""
     override = os.environ.get("MLFLOW_MONITOR_PG_BINDIR")
-    candidates = [override] if override else []
-    debian = (os.path.dirname(p) for p in glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    candidates += sorted(debian, key=_version_key, reverse=True)
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(os.path.dirname(os.path.realpath(on_path)))
+    if override:
+        candidates = [override]
+    else:
+        debian = (os.path.dirname(p) for p in glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        candidates = sorted(debian, key=_version_key, reverse=True)
+        on_path = shutil.which("initdb")
+        if on_path:
+            candidates.append(os.path.dirname(os.path.realpath(on_path)))
     for folder in candidates:
         if all((Path(folder) / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return Path(folder)
