@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.fake_judge import FakeJudge, JudgeBehaviour
+from tests.postgres import PostgresServer, postgres_missing, start_postgres
 
 # Traces are written synchronously in tests, so a test sees what it logged.
 os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
@@ -73,11 +74,20 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` subprocess on 127.0.0.1 with its own SQLite store."""
+    """A real `mlflow server` subprocess on 127.0.0.1, on its own SQLite store or on the given
+    ``backend_store_uri``."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        backend_store_uri: str | None = None,
+        workers: int = 1,
+    ):
         self.root = root
         self.port = port or free_port()
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'server.db'}"
+        self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,9 +99,9 @@ class MlflowServer:
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         cmd = [
             str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            "--backend-store-uri", self.backend_store_uri,
             "--default-artifact-root", str(self.root / "artifacts"),
-            "--workers", "1",
+            "--workers", str(self.workers),
         ]  # fmt: skip
         env = {**os.environ, "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}
         env.pop("MLFLOW_TRACKING_URI", None)
@@ -139,10 +149,72 @@ def rest_uri(
     yield from _use_tracking_uri(mlflow_server.url, tmp_path, monkeypatch)
 
 
-@pytest.fixture(params=["sqlite", "rest"])
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session; each user creates its own database in it."""
+    missing = postgres_missing()
+    if missing:
+        if os.environ.get("MLFLOW_MONITOR_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"MLFLOW_MONITOR_REQUIRE_POSTGRES=1 but {missing}")
+        pytest.skip(missing)
+    server = start_postgres(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _postgres_template(postgres: PostgresServer) -> str:
+    """One migrated MLflow database per session; each test gets its own copy."""
+    return postgres.create_mlflow_database("template").rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def postgres_uri(
+    postgres: PostgresServer,
+    _postgres_template: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:
+    """A fresh PostgreSQL tracking store (MLflow's SQL store, no server) for this test."""
+    uri = postgres.create_database("test", template=_postgres_template)
+    yield from _use_tracking_uri(uri, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def postgres_mlflow_server(
+    postgres: PostgresServer, _postgres_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """`mlflow server --workers 2` on its own PostgreSQL database, as teams deploy it."""
+    server = MlflowServer(
+        tmp_path_factory.mktemp("pg-server"),
+        backend_store_uri=postgres.create_database("server", template=_postgres_template),
+        workers=2,
+    )
+    server.start(timeout_s=300)  # minutes on a busy 2-core machine
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_rest_uri(
+    postgres_mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The PostgreSQL-backed `mlflow server` as the tracking URI (isolate by experiment)."""
+    yield from _use_tracking_uri(postgres_mlflow_server.url, tmp_path, monkeypatch)
+
+
+TRACKING_URI_FIXTURES = {
+    "sqlite": "sqlite_uri",
+    "rest": "rest_uri",
+    "postgres": "postgres_rest_uri",
+}
+
+
+@pytest.fixture(params=["sqlite", "rest", pytest.param("postgres", marks=pytest.mark.postgres)])
 def tracking_uri(request: pytest.FixtureRequest) -> str:
-    """Runs the test against a SQLite store and against a real `mlflow server`."""
-    return request.getfixturevalue("sqlite_uri" if request.param == "sqlite" else "rest_uri")
+    """Runs the test against a SQLite store, a real `mlflow server` on SQLite, and one on
+    PostgreSQL with two workers."""
+    return request.getfixturevalue(TRACKING_URI_FIXTURES[request.param])
 
 
 @pytest.fixture

@@ -97,33 +97,33 @@ def test_judge_that_does_not_apply_leaves_no_feedback_and_no_error(
         assert names == ["safety"]
 
 
-def test_crash_between_verdict_and_checkpoint_writes_no_duplicate(sqlite_experiment_id, fake_judge):
+def test_crash_between_verdict_and_checkpoint_writes_no_duplicate(experiment_id, fake_judge):
     log_traces(5)
     m = monitor([{"name": "safety"}, {"name": "chunk_relevance"}])
-    engine = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT)
-    before = engine.tags.read_json(sqlite_experiment_id, "checkpoint")
+    engine = MonitorEngine.create(experiment_id, NO_EXPORT)
+    before = engine.tags.read_json(experiment_id, "checkpoint")
     engine.run_pass()
     # The state a crash right after the feedback writes leaves: verdicts logged, checkpoint not.
     if before is None:
-        engine.tags.client.delete_experiment_tag(sqlite_experiment_id, "mlflow_monitor.checkpoint")
-    restarted = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT, owner=engine.owner)
+        engine.tags.client.delete_experiment_tag(experiment_id, "mlflow_monitor.checkpoint")
+    restarted = MonitorEngine.create(experiment_id, NO_EXPORT, owner=engine.owner)
     stats = restarted.run_pass()
     assert stats.traces == 5 and stats.feedback_logged == 0
     assert stats.judges["safety"]["already_done"] == 5
-    assert set(verdict_counts(sqlite_experiment_id, m.monitor_id).values()) == {1}
+    assert set(verdict_counts(experiment_id, m.monitor_id).values()) == {1}
 
 
-def test_partial_verdict_from_a_crash_is_completed_once(sqlite_experiment_id, fake_judge):
+def test_partial_verdict_from_a_crash_is_completed_once(experiment_id, fake_judge):
     (trace_id,) = log_traces(1)
     m = monitor([{"name": "chunk_relevance"}])
-    engine = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT)
+    engine = MonitorEngine.create(experiment_id, NO_EXPORT)
     engine.run_pass()
-    group = ours(feedback_by_trace(sqlite_experiment_id)[trace_id], m.monitor_id)
+    group = ours(feedback_by_trace(experiment_id)[trace_id], m.monitor_id)
     assert len(group) == 3  # precision + one per chunk
     mlflow.delete_assessment(trace_id=trace_id, assessment_id=group[0].assessment_id)
-    engine.tags.client.delete_experiment_tag(sqlite_experiment_id, "mlflow_monitor.checkpoint")
-    MonitorEngine.create(sqlite_experiment_id, NO_EXPORT, owner=engine.owner).run_pass()
-    again = ours(feedback_by_trace(sqlite_experiment_id)[trace_id], m.monitor_id)
+    engine.tags.client.delete_experiment_tag(experiment_id, "mlflow_monitor.checkpoint")
+    MonitorEngine.create(experiment_id, NO_EXPORT, owner=engine.owner).run_pass()
+    again = ours(feedback_by_trace(experiment_id)[trace_id], m.monitor_id)
     assert len(again) == 3
     assert len({a.metadata["mlflow_monitor.verdict_id"] for a in again}) == 1
 
@@ -159,11 +159,11 @@ def test_transient_judge_faults_end_in_one_verdict(sqlite_experiment_id, fake_ju
     assert counts == Counter({(t, "safety"): 1 for t in ids})
 
 
-def test_second_engine_skips_while_the_first_holds_the_lease(sqlite_experiment_id):
+def test_second_engine_skips_while_the_first_holds_the_lease(experiment_id):
     log_traces(3, retriever=False)
     monitor([{"name": "pii_detection"}])
-    first = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT)
-    second = MonitorEngine.create(sqlite_experiment_id, NO_EXPORT)
+    first = MonitorEngine.create(experiment_id, NO_EXPORT)
+    second = MonitorEngine.create(experiment_id, NO_EXPORT)
     assert first.run_pass().traces == 3
     assert second.run_pass().skipped == "another daemon holds its lease"
     first.release_lease()

@@ -31,10 +31,10 @@ def rows(export_uri):
     ).fetchall()
 
 
-def test_every_trace_is_exported_once_with_this_passes_verdicts(sqlite_experiment_id):
+def test_every_trace_is_exported_once_with_this_passes_verdicts(experiment_id):
     ids = log_traces(12, retriever=False)
     m = make_monitor()
-    stats = MonitorEngine.create(sqlite_experiment_id, SETTINGS).run_pass()
+    stats = MonitorEngine.create(experiment_id, SETTINGS).run_pass()
     assert stats.exported == 12
     exported = rows(m.export_uri)
     assert sorted(r[0] for r in exported) == sorted(ids)
@@ -43,18 +43,18 @@ def test_every_trace_is_exported_once_with_this_passes_verdicts(sqlite_experimen
     assert 0 < len(judged) < 12  # sampled and unsampled traces alike
     frame = pd.read_parquet(m.export_uri)
     assert {"trace_id", "state", "request_time", "spans", "assessments", "date"} <= set(frame)
-    again = MonitorEngine.create(sqlite_experiment_id, SETTINGS).run_pass()
+    again = MonitorEngine.create(experiment_id, SETTINGS).run_pass()
     assert again.exported == 0 and len(rows(m.export_uri)) == 12
 
 
-def test_crash_between_export_and_checkpoint_leaves_no_duplicate(sqlite_experiment_id):
+def test_crash_between_export_and_checkpoint_leaves_no_duplicate(experiment_id):
     log_traces(5, retriever=False)
     m = make_monitor()
-    engine = MonitorEngine.create(sqlite_experiment_id, SETTINGS)
+    engine = MonitorEngine.create(experiment_id, SETTINGS)
     engine.run_pass()
-    engine.tags.client.delete_experiment_tag(sqlite_experiment_id, "mlflow_monitor.checkpoint")
+    engine.tags.client.delete_experiment_tag(experiment_id, "mlflow_monitor.checkpoint")
     log_traces(3, retriever=False, prefix="more")
-    MonitorEngine.create(sqlite_experiment_id, SETTINGS, owner=engine.owner).run_pass()
+    MonitorEngine.create(experiment_id, SETTINGS, owner=engine.owner).run_pass()
     ids = [r[0] for r in rows(m.export_uri)]
     assert len(ids) == len(set(ids)) == 8
 

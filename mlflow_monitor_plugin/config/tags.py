@@ -31,6 +31,17 @@ CONFIG_TAG = NAMESPACE + "config"
 MAX_TAG_VALUE = 20_000
 MAX_PARTS = 50
 
+# What the store says when two writers create the same new tag at once: MLflow's SQL store sets
+# a tag with a SELECT then an INSERT, so the second INSERT hits the primary key, and MLflow
+# passes the driver's message on as BAD_REQUEST (over REST too, as a RestException). Seen on
+# SQLite and PostgreSQL; the MySQL and SQL Server wordings are their drivers' for the same error.
+_DUPLICATE_KEY_MARKERS = (
+    "UNIQUE constraint failed",  # sqlite3.IntegrityError
+    "duplicate key value violates unique constraint",  # psycopg2.errors.UniqueViolation
+    "Duplicate entry",  # MySQL 1062
+    "Cannot insert duplicate key",  # SQL Server 2627
+)
+
 
 def part_key(version: int, index: int) -> str:
     return f"{CONFIG_TAG}.v{version}.{index}"
@@ -116,6 +127,17 @@ def parse_monitor(document: str, experiment_id: str) -> ExternalMonitor:
         raise MonitorStorageError(
             f"Monitor config stored on experiment {experiment_id} is invalid: {e}"
         ) from None
+
+
+def lost_create_race(error: MlflowException) -> bool:
+    """True when setting an experiment tag failed only because another writer created the same
+    tag an instant before: the tag exists now, with the other writer's value."""
+    message = str(error.message)
+    return (
+        error.error_code == "BAD_REQUEST"
+        and "experiment_tag" in message
+        and any(marker in message for marker in _DUPLICATE_KEY_MARKERS)
+    )
 
 
 class MonitorTags:

@@ -1,13 +1,16 @@
 """One daemon at a time works a monitor: a lease in the experiment's tags.
 
 Acquiring writes our lease, lets a racing writer land, and reads it back: whoever's lease is
-there works the pass. The holder renews it as it goes; a daemon restarted on the same host takes
-back at once the lease of a predecessor whose process is gone. Should two daemons still overlap
-(a pause longer than the settle time), the feedback reconcile keeps their verdicts single.
+there works the pass. When two daemons create the lease tag in the same instant, the store
+refuses the second insert: that daemon lost the race and stands by, as if it had read the other's
+lease. The holder renews it as it goes; a daemon restarted on the same host takes back at once
+the lease of a predecessor whose process is gone. Should two daemons still overlap (a pause
+longer than the settle time), the feedback reconcile keeps their verdicts single.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -15,7 +18,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from mlflow_monitor_plugin.config.tags import MonitorTags
+from mlflow.exceptions import MlflowException
+
+from mlflow_monitor_plugin.config.tags import MonitorTags, lost_create_race
+
+_logger = logging.getLogger(__name__)
 
 LEASE_KEY = "lease"
 SETTLE_S = 0.3
@@ -69,11 +76,28 @@ class Lease:
             self.held = False
             return False
         lease = {"owner": self.owner, "expires_ms": now_ms + self.ttl_ms}
-        self.tags.write_json(self.experiment_id, self.key, lease)
+        if not self._write(lease):
+            self.held = False
+            return False
         if not self.held or theirs:
             self._sleep(SETTLE_S)
             self.held = self._read().get("owner") == self.owner
         return self.held
+
+    def _write(self, lease: dict[str, Any]) -> bool:
+        """Write our lease; False when another daemon created the tag in the same instant."""
+        try:
+            self.tags.write_json(self.experiment_id, self.key, lease)
+        except MlflowException as e:
+            if not lost_create_race(e):
+                raise
+            _logger.info(
+                "Experiment %s: another daemon created the lease at the same moment; standing by",
+                self.experiment_id,
+            )
+            _logger.debug("The store refused the second lease: %s", e.message)
+            return False
+        return True
 
     def release(self) -> None:
         if self.held:
