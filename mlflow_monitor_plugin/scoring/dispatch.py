@@ -4,7 +4,10 @@ A judge call is I/O: many can wait at little CPU. Logging a verdict is CPU and s
 SQLite wants a single writer. ``Dispatcher`` keeps up to ``target()`` calls in flight on threads
 (started as needed, so a low limit costs few threads) and hands each good verdict to the writer
 threads (one on SQLite; a few against a tracking server, which answers concurrent requests
-faster), which log it as it completes. Submissions queue behind each other, so the calls of the
+faster), which log it as it completes. No new call starts while more verdicts wait for the
+writers than ``max(8, target() / 2)``: the judges never outrun the store (many judge threads
+would otherwise starve the writer of the GIL, and a crash would lose more answered verdicts).
+Submissions queue behind each other, so the calls of the
 next page start while the last calls of this one are still out: the judge never waits for the
 engine to read a page or save its checkpoint.
 
@@ -122,7 +125,8 @@ class Dispatcher:
         if not self._pending:
             return
         target = max(1, min(self._max_threads, self._target()))
-        while self._pending and self._calling < target:
+        backlog = max(8, target // 2)  # answered verdicts waiting for a writer, at most
+        while self._pending and self._calling < target and self._writing < backlog:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self._max_threads, thread_name_prefix="mlflow-monitor-judge"
@@ -171,4 +175,5 @@ class Dispatcher:
             finally:
                 with self._cond:
                     self._writing -= 1
+                    self._top_up()
                     self._cond.notify_all()

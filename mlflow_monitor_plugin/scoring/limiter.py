@@ -36,7 +36,7 @@ class LimitSettings:
     min_limit: int = 1
     latency_floor: int = 8  # rising latency alone never cuts the limit below this
     latency_tolerance: float = 2.0  # a round trip this many times the no-load one...
-    latency_excess_s: float = 0.1  # ...and this much longer is a sign of congestion
+    latency_excess_s: float = 0.025  # ...and this much longer is a sign of congestion
     backoff: float = 0.5
     no_load_window_s: float = 30.0  # the no-load round trip is the least of the last two windows
 
