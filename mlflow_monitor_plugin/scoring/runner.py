@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import mlflow
 from mlflow.entities import Feedback, Trace
 
 from mlflow_monitor_plugin.redact import redact
@@ -58,7 +57,7 @@ class ScoringSettings:
     workers: int | None = None  # fixed concurrent judge calls per process; None: adaptive
     max_concurrency: int = 256  # the adaptive limit's ceiling, all processes together
     processes: int = 0  # scoring processes beside the daemon; 0: score in the daemon itself
-    writers: int | None = None  # threads logging verdicts; None: 1 on SQLite, else 4
+    writers: int = 4  # threads logging verdicts (see dispatch.py for why more than one)
     attempts: int = 3
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -242,11 +241,5 @@ class JudgeRunner:
             if self._dispatch is None:
                 s = self.settings
                 threads = s.workers or s.max_concurrency // max(1, s.processes) + 8
-                self._dispatch = Dispatcher(self.call, self.target, threads, self._writers())
+                self._dispatch = Dispatcher(self.call, self.target, threads, s.writers)
             return self._dispatch
-
-    def _writers(self) -> int:
-        if self.settings.writers:
-            return self.settings.writers
-        uri = mlflow.get_tracking_uri() or ""
-        return 1 if uri.startswith("sqlite") or "://" not in uri else 4
