@@ -444,7 +444,18 @@ class VerdictWatcher:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
 
-    def poll(self) -> None:
+    def poll(self, attempts: int = 5) -> None:
+        """Read what is new; a read-only reader of a WAL database can meet a transient
+        "attempt to write a readonly database" while a writer closes: try again."""
+        for attempt in range(attempts):
+            try:
+                return self._poll_once()
+            except sqlite3.OperationalError:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.5)
+
+    def _poll_once(self) -> None:
         marks = ",".join("?" * len(self.judges))
         now = time.time()
         with self._connect() as conn:
