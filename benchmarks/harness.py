@@ -45,7 +45,9 @@ MLFLOW_BIN = str(Path(PYTHON).with_name("mlflow"))
 JUDGE_CODE = """
 import json, sys
 from tests.fake_judge import FakeJudge, JudgeBehaviour
-with FakeJudge(JudgeBehaviour(latency_s=float(sys.argv[1]))) as judge:
+cap = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None
+behaviour = JudgeBehaviour(latency_s=float(sys.argv[1]), max_concurrent=cap, retry_after_s=1.0)
+with FakeJudge(behaviour) as judge:
     print(judge.url, flush=True)
     for _ in sys.stdin:
         print(json.dumps(judge.served), flush=True)
@@ -92,10 +94,14 @@ def latency_stats(values: list[float]) -> dict[str, float | None]:
 
 # -- the fake judge ------------------------------------------------------------------------
 class JudgeProcess:
-    def __init__(self, latency_s: float = 0.0):
+    """``max_concurrent``: a judge that answers 429 (Retry-After: 1) beyond that many calls in
+    progress, as a rate-limited API does; ``served()`` counts those as ``over_capacity``."""
+
+    def __init__(self, latency_s: float = 0.0, max_concurrent: int | None = None):
         self.latency_s = latency_s
+        self.max_concurrent = max_concurrent
         self.proc = subprocess.Popen(
-            [PYTHON, "-c", JUDGE_CODE, str(latency_s)],
+            [PYTHON, "-c", JUDGE_CODE, str(latency_s), str(max_concurrent or "")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -345,9 +351,18 @@ class Daemon:
     from the kernel when it is reaped (wait4); memory is sampled (TreeSampler)."""
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, judge_url: str, cwd: Path, args: list[str]
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        judge_url: str,
+        cwd: Path,
+        args: list[str],
+        package: Path = REPO,
     ):
+        """``package``: the source tree whose ``mlflow_monitor_plugin`` runs (another commit's
+        copy for a baseline)."""
         env = base_env(
+            PYTHONPATH=str(package),
             MLFLOW_TRACKING_URI=tracking_uri,
             OPENAI_API_BASE=judge_url,  # already ends in /v1
             OPENAI_API_KEY="sk-benchmark-not-a-key",
@@ -429,7 +444,18 @@ class VerdictWatcher:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
 
-    def poll(self) -> None:
+    def poll(self, attempts: int = 5) -> None:
+        """Read what is new; a read-only reader of a WAL database can meet a transient
+        "attempt to write a readonly database" while a writer closes: try again."""
+        for attempt in range(attempts):
+            try:
+                return self._poll_once()
+            except sqlite3.OperationalError:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.5)
+
+    def _poll_once(self) -> None:
         marks = ",".join("?" * len(self.judges))
         now = time.time()
         with self._connect() as conn:

@@ -32,9 +32,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def _system(r: dict[str, Any]) -> str:
     if r["system"] == "native":
         return "native (mlflow server + huey jobs)"
-    store = r.get("store") or r["system"].removeprefix("ours-")
+    store = r.get("store") or r["system"].removeprefix("ours-").split("-")[0]
     where = "SQLite file" if store == "sqlite" else "REST mlflow server"
-    return f"ours, {where}" + (f", --processes {r['processes']}" if r.get("processes") else "")
+    before = " (before: --workers 8, baseline commit)" if r["system"].endswith("-baseline") else ""
+    processes = f", --processes {r['processes']}" if r.get("processes") else ""
+    return f"ours{before}, {where}{processes}"
+
+
+def _judge(r: dict[str, Any]) -> str:
+    cap = f", {r['judge_cap']} concurrent max" if r.get("judge_cap") else ""
+    return f"{r['judge_latency_s'] * 1000:g} ms{cap}"
 
 
 def write_markdown(s: dict[str, Any], path: Path) -> None:
@@ -104,7 +111,7 @@ def write_markdown(s: dict[str, Any], path: Path) -> None:
             [
                 _system(r),
                 r["traces"],
-                f"{r['judge_latency_s'] * 1000:g} ms",
+                _judge(r),
                 r["verdicts_per_s"],
                 f"{r['verdicts']:,}/{r['verdicts_expected']:,}",
                 r["seconds"],
@@ -225,6 +232,8 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
         "ours-rest": "#2ca02c",
         "ours-sqlite-p2": "#17becf",
         "ours-rest-p2": "#bcbd22",
+        "ours-sqlite-baseline": "#aec7e8",
+        "ours-rest-baseline": "#98df8a",
     }
 
     ax = axes[0]
@@ -251,16 +260,19 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
 
     ax = axes[1]
     rows = s["throughput"]
-    cases = sorted({(r["traces"], r["judge_latency_s"]) for r in rows})
+    cases = sorted({(r["traces"], r["judge_latency_s"], r.get("judge_cap") or 0) for r in rows})
     systems = [*sorted({r["system"] for r in rows} - {"native"}), "native"]
     width = 0.8 / len(systems)
     for k, system in enumerate(systems):
         vals = []
-        for traces, lat in cases:
+        for traces, lat, cap in cases:
             match = [
                 r
                 for r in rows
-                if r["system"] == system and r["traces"] == traces and r["judge_latency_s"] == lat
+                if r["system"] == system
+                and r["traces"] == traces
+                and r["judge_latency_s"] == lat
+                and (r.get("judge_cap") or 0) == cap
             ]
             vals.append(match[0]["verdicts_per_s"] if match else 0)
             if match and match[0].get("stuck", len(match[0].get("stalls", [])) >= 3):
@@ -287,22 +299,24 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
         )
     ax.set_xticks(
         range(len(cases)),
-        [f"{t:,} traces\njudge {lat * 1000:g} ms" for t, lat in cases],
+        [
+            f"{t:,} traces\njudge {lat * 1000:g} ms" + (f"\n{cap} concurrent max" if cap else "")
+            for t, lat, cap in cases
+        ],
         fontsize=8,
     )
     ax.set_ylabel("verdicts / s")
     ax.set_title("Throughput (3 judges per trace)")
     ax.legend(fontsize=7, loc="upper left")
 
-    # Cost of the runs that finished or ran to their cap (not the stuck ones), instant judge.
+    # Cost of the runs that finished or ran to their cap (not the stuck ones).
     cost_rows = [
         r
         for r in rows
-        if not r["judge_latency_s"]
-        and r["cpu_s_per_1000_verdicts"] is not None
+        if r["cpu_s_per_1000_verdicts"] is not None
         and not r.get("stuck", len(r.get("stalls", [])) >= 3)
     ]
-    names = [f"{r['system']}\n{r['traces']:,} traces" for r in cost_rows]
+    names = [f"{r['system']}\n{r['traces']:,} traces, {_judge(r)}" for r in cost_rows]
     cols = [colors.get(r["system"], "#7f7f7f") for r in cost_rows]
     x = list(range(len(cost_rows)))
     ax = axes[2]
@@ -314,13 +328,13 @@ def write_chart(s: dict[str, Any], path: Path) -> None:
     ax.bar(x, worker, 0.6, color=cols, label="monitor worker processes")
     ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("CPU seconds per 1,000 verdicts")
-    ax.set_title("CPU per 1,000 verdicts, instant judge")
+    ax.set_title("CPU per 1,000 verdicts")
     ax.legend(fontsize=8)
     ax = axes[3]
     ax.bar(x, [r["cost"]["worker"]["peak_pss_mb"] for r in cost_rows], 0.6, color=cols)
     ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("MB (PSS, summed over the process tree)")
-    ax.set_title("Peak memory of the monitor's processes, instant judge")
+    ax.set_title("Peak memory of the monitor's processes")
     fig.suptitle(
         f"mlflow-monitor vs MLflow {s['machine']['mlflow']} native online scoring, "
         f"{s['machine']['cpus']} CPUs"

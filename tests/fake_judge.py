@@ -2,7 +2,9 @@
 
 MLflow's judges call it when ``OPENAI_API_BASE`` points here. Verdicts are deterministic (a
 function of the request text) and faults are injectable, per call or as a share of calls:
-latency, 429 with Retry-After, 500, a hang past the client's timeout, malformed JSON.
+latency, 429 with Retry-After, 500, a hang past the client's timeout, malformed JSON. With
+``max_concurrent`` it behaves as a rate-limited API: a call beyond that many in progress is
+answered 429 with Retry-After at once (counted as ``over_capacity``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class JudgeBehaviour:
     scripted: list[str] = field(default_factory=list)  # faults for the next calls, in order
     verdict: Callable[[str], str] = default_verdict
     seed: int = 0
+    max_concurrent: int | None = None  # calls in progress beyond this are answered 429
 
 
 class FakeJudge:
@@ -47,9 +50,11 @@ class FakeJudge:
         self.times: list[float] = []  # time.monotonic() of each request's arrival
         self.peers: list[tuple[str, int]] = []  # the client's address: one per connection
         self.served: dict[str, int] = {}
+        self.active = 0  # calls in progress
+        self.peak_active = 0
         self._lock = threading.Lock()
         self._random = random.Random(self.behaviour.seed)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -68,6 +73,20 @@ class FakeJudge:
     def count(self, outcome: str) -> int:
         with self._lock:
             return self.served.get(outcome, 0)
+
+    def _admit(self) -> bool:
+        """Count a call in progress; False (and not counted) when over ``max_concurrent``."""
+        with self._lock:
+            cap = self.behaviour.max_concurrent
+            if cap is not None and self.active >= cap:
+                return False
+            self.active += 1
+            self.peak_active = max(self.peak_active, self.active)
+            return True
+
+    def _done(self) -> None:
+        with self._lock:
+            self.active -= 1
 
     def _next_fault(self) -> str | None:
         b = self.behaviour
@@ -109,6 +128,20 @@ class FakeJudge:
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
+                if not judge._admit():
+                    judge._record("over_capacity", body, dict(self.headers), self.client_address)
+                    self._send(
+                        429,
+                        {"error": {"message": "too many requests", "type": "rate_limit_error"}},
+                        {"Retry-After": f"{judge.behaviour.retry_after_s:g}"},
+                    )
+                    return
+                try:
+                    self._answer(body)
+                finally:
+                    judge._done()
+
+            def _answer(self, body: dict[str, Any]) -> None:
                 fault = judge._next_fault()
                 judge._record(fault or "ok", body, dict(self.headers), self.client_address)
                 behaviour = judge.behaviour
@@ -183,6 +216,10 @@ def _typed(result: dict[str, Any], verdict: str) -> Any:
     if kind in ("integer", "number"):
         return 5 if good else 1
     return verdict
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # a client may open hundreds of connections at once
 
 
 def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:

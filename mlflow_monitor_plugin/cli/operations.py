@@ -98,8 +98,9 @@ def _sessions_of(experiment_id: str, infos: list[Any]) -> list[tuple[Any, list[A
 
 
 def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, Any]:
-    """The checkpoint, the lag behind the newest trace, and per judge the source its verdicts
-    carry and counts over all traces."""
+    """The checkpoint, the lag behind the newest trace, the judge calls' concurrency as the
+    daemon last saved it, and per judge the source its verdicts carry and counts over all
+    traces."""
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
@@ -145,6 +146,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "export_checkpoint": cursor.export.to_dict() if cursor.export else None,
         "lag_seconds": None if lag is None else round(lag / 1000, 3),
         "export_uri": monitor.export_uri,
+        "concurrency": engine.tags.read_json(monitor.experiment_id, "concurrency"),
         "judges": [
             {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
              ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")},

@@ -40,8 +40,11 @@ def serving_metrics(daemon: Any, host: str, port: int | None, interval_s: float)
     if port is None:
         yield
         return
+    from mlflow_monitor_plugin.observe.live import METRICS
     from mlflow_monitor_plugin.observe.server import Health, MetricsServer
+    from mlflow_monitor_plugin.scoring import limiter
 
+    METRICS.add_snapshot_source("judge_concurrency", lambda: limiter.snapshot() or {})
     health = Health(interval_s)
     daemon.observers.append(health)
     server = MetricsServer(host, port, health)

@@ -26,10 +26,17 @@ def engine_options(func: Any) -> Any:
     options = [
         click.option(
             "--workers",
-            default=8,
+            type=click.IntRange(min=1),
+            help="A fixed number of concurrent judge calls in each scoring process. Default: "
+            "adaptive, from 8 up to --max-concurrency, following the judge's latency and 429s.",
+        ),
+        click.option(
+            "--max-concurrency",
+            default=256,
             show_default=True,
             type=click.IntRange(min=1),
-            help="Concurrent judge calls (in each scoring process).",
+            help="Most judge calls in flight at once (all scoring processes together) that the "
+            "adaptive limit may reach.",
         ),
         click.option(
             "--processes",
@@ -72,7 +79,8 @@ def engine_options(func: Any) -> Any:
 
 
 def _settings(
-    workers: int,
+    workers: int | None,
+    max_concurrency: int,
     processes: int,
     rate_limit: float | None,
     attempts: int,
@@ -86,7 +94,12 @@ def _settings(
         late_window_s=late_window,
         export=not no_export,
         session_quiet_s=session_quiet,
-        scoring=ScoringSettings(workers=workers, processes=processes, attempts=attempts),
+        scoring=ScoringSettings(
+            workers=workers,
+            max_concurrency=max_concurrency,
+            processes=processes,
+            attempts=attempts,
+        ),
     )
 
 
@@ -134,17 +147,30 @@ def run_command(
       mlflow monitor run --metrics-port 9464   # and serve /metrics and /healthz
     """
     from mlflow_monitor_plugin.engine.daemon import Daemon
-    from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
+    from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 
     configure_logging(log_level)
     alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine), alerts=alerts)
-    calls = engine["workers"] * max(1, engine["processes"])  # at once, at most
     with (
         serving_metrics(daemon, metrics_host, metrics_port, interval),
-        judge_proxy(ProxySettings(rate_limit=engine["rate_limit"], connections=calls)),
+        judge_proxy(_proxy_settings(engine)),
     ):
         _run(daemon, once)
+
+
+def _proxy_settings(engine: dict[str, Any]) -> Any:
+    from mlflow_monitor_plugin.scoring.limiter import LimitSettings
+    from mlflow_monitor_plugin.scoring.proxy import ProxySettings
+
+    most = engine["max_concurrency"]
+    fixed = engine["workers"] * max(1, engine["processes"]) if engine["workers"] else None
+    return ProxySettings(
+        rate_limit=engine["rate_limit"],
+        connections=fixed or most,
+        concurrency=LimitSettings(initial=min(8, most), latency_floor=min(8, most), max_limit=most),
+        fixed_concurrency=fixed,
+    )
 
 
 def _run(daemon: Any, once: bool) -> None:
@@ -194,7 +220,8 @@ def test_command(
 @output_option
 @handle_errors
 def status_command(experiment_id: str | None, experiment_name: str | None, output: str) -> None:
-    """Checkpoint, lag behind the newest trace, and per judge its verdicts' source and counts.
+    """Checkpoint, lag behind the newest trace, judge-call concurrency, and per judge its
+    verdicts' source and counts.
 
     \b
     Example:
@@ -208,6 +235,8 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
         return
     for key in ("experiment_id", "checkpoint", "export_checkpoint", "lag_seconds", "export_uri"):
         click.echo(f"{key + ':':<19}{status[key]}")
+    if status.get("concurrency"):
+        click.echo(f"{'concurrency:':<19}{_concurrency(status['concurrency'])}")
     _print_rows(
         status["judges"],
         "table",
@@ -229,6 +258,17 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
         click.echo("last window:")
         _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
                     "interval95", "errors"])  # fmt: skip
+
+
+def _concurrency(c: dict[str, Any]) -> str:
+    """E.g. ``limit 48 (adaptive, max 256), 45 in flight, 3 waiting, saved 2 s ago``."""
+    import time
+
+    age = max(0.0, time.time() - c.get("updated_ms", 0) / 1000)
+    return (
+        f"limit {c.get('limit')} ({c.get('mode')}, max {c.get('max')}), "
+        f"{c.get('in_flight')} in flight, {c.get('waiting')} waiting, saved {age:.0f} s ago"
+    )
 
 
 @click.command("demo")

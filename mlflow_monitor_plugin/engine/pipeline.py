@@ -2,8 +2,11 @@
 
 The pass walks the experiment's finished traces after its checkpoint, a page at a time. For each
 page it scores the sampled (trace, judge) pairs that have no verdict from this monitor yet, logs
-the verdicts, exports the page, then advances the checkpoint. A crash anywhere repeats at most
-that page, and the page's repeat writes nothing twice (see feedback.py and export.py). Every
+the verdicts, exports the page, then advances the checkpoint. Pages overlap: the judges of the
+next page start before this page is finished, so the judge stays busy while the engine exports
+and saves the checkpoint; the checkpoint passes a page only once all of its verdicts and error
+feedback are written. A crash anywhere repeats at most the pages in flight, and their repeat
+writes nothing twice (see feedback.py and export.py). Every
 ``sweep_every_s`` a sweep revisits the last ``late_window_s`` to pick up traces that finished or
 arrived after the cursor passed them, and to retry judges that failed.
 """
@@ -14,8 +17,8 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,7 @@ from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.observe.tracker import QualitySettings, QualityTracker
+from mlflow_monitor_plugin.scoring import limiter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Outcome, Scorer
@@ -39,6 +43,8 @@ from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 _logger = logging.getLogger(__name__)
 
 COUNTERS = ("eligible", "sampled", "scored", "not_applicable", "failed", "already_done")
+PAGES_AHEAD = 1  # pages whose judges start while the page before is still being scored
+CONCURRENCY_EVERY_S = 5.0  # how often the concurrency snapshot tag is rewritten, at most
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,16 @@ class PassContext:
     touched: dict[str, int] = field(default_factory=dict)  # trace id -> request time (observe/)
 
 
+@dataclass
+class PageInFlight:
+    """A page whose judges have started: what remains is to collect, export and checkpoint."""
+
+    page: list[TraceInfo]
+    to_export: list[TraceInfo]
+    due: Due
+    outcomes: Iterator[Outcome]
+
+
 def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
     return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
 
@@ -164,6 +180,8 @@ class MonitorEngine:
         self._export_failures = 0
         self._reported: set[tuple[str, str]] = set()  # unavailable judges already logged
         self._sessions: SessionPass | None = None
+        self._concurrency_at = float("-inf")
+        self._concurrency_last: dict[str, Any] | None = None
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
         self.quality = quality
 
@@ -246,19 +264,28 @@ class MonitorEngine:
         trace_judges = [j for j in judges if not j.session]
         ctx = PassContext(monitor, trace_judges, writer, cursor, export, stats)
         pages = self.source.infos_after(cursor.start(export is not None), self.settings.page_size)
-        for done, page in enumerate(pages, start=1):
-            self._process(ctx, page)
-            self._save_cursor(monitor, cursor)
-            self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
-            if max_pages is not None and done >= max_pages:
-                break
-        session_judges = [j for j in judges if j.session]
-        if session_judges:
-            renew = lambda: self.acquire_lease(int(time.time() * 1000))  # noqa: E731
-            logged = self.sessions.run(monitor, session_judges, writer, stats.count, now_ms, renew)
-            stats.feedback_logged += logged
-        if self._sweep_due(now_ms):
-            self._sweep(ctx, now_ms)
+        in_flight: deque[PageInFlight] = deque()
+        try:
+            for done, page in enumerate(pages, start=1):
+                in_flight.append(self._begin(ctx, page))
+                while len(in_flight) > PAGES_AHEAD:
+                    self._finish(ctx, in_flight.popleft())
+                if max_pages is not None and done >= max_pages:
+                    break
+            while in_flight:
+                self._finish(ctx, in_flight.popleft())
+            session_judges = [j for j in judges if j.session]
+            if session_judges:
+                renew = lambda: self.acquire_lease(int(time.time() * 1000))  # noqa: E731
+                logged = self.sessions.run(
+                    monitor, session_judges, writer, stats.count, now_ms, renew
+                )
+                stats.feedback_logged += logged
+            if self._sweep_due(now_ms):
+                self._sweep(ctx, now_ms)
+        finally:
+            self.scorer.settle()  # nothing of this pass may still be writing after it
+        self._publish_concurrency(final=True)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
         stats.seconds = time.monotonic() - started
@@ -306,17 +333,27 @@ class MonitorEngine:
             return None
         return ParquetExporter(monitor.export_uri)
 
-    def _process(self, ctx: PassContext, page: list[TraceInfo]) -> None:
-        cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
+    def _begin(self, ctx: PassContext, page: list[TraceInfo]) -> PageInFlight:
+        """Sample the page and start its judges."""
+        cursor, stats = ctx.cursor, ctx.stats
         to_score = [i for i in page if _ahead(cursor.score, i)]
-        to_export = [i for i in page if _ahead(cursor.export, i)] if export else []
+        to_export = [i for i in page if _ahead(cursor.export, i)] if ctx.export else []
         stats.traces += len(to_score)
-        self._score(ctx, to_score, stats)
+        due = self._due(ctx, to_score, stats)
+        outcomes = self.scorer.score(ctx.writer, due) if due else iter(())
+        return PageInFlight(page, to_export, due, outcomes)
+
+    def _finish(self, ctx: PassContext, p: PageInFlight) -> None:
+        """Collect the page's verdicts, write its error feedback, export it, checkpoint it."""
+        cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
+        self._collect(ctx, p.due, p.outcomes, stats)
         exported = export is not None
-        if to_export and export is not None:
-            batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{page[0].trace_id}"
-            exported = self._export(export, batch_key, [i.trace_id for i in to_export], stats)
-        cursor.advance(page[-1], score=True, export=exported)
+        if p.to_export and export is not None:
+            batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{p.page[0].trace_id}"
+            exported = self._export(export, batch_key, [i.trace_id for i in p.to_export], stats)
+        cursor.advance(p.page[-1], score=True, export=exported)
+        self._save_cursor(ctx.monitor, cursor)
+        self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
 
     def _score(
         self,
@@ -325,7 +362,16 @@ class MonitorEngine:
         stats: PassStats,
         seen: Callable[[TraceInfo, dict[str, JudgeState]], bool] | None = None,
     ) -> None:
-        """Score the sampled judges that have no verdict yet on these traces. On a trace the
+        self.score_due(ctx, self._due(ctx, infos, stats, seen), stats)
+
+    def _due(
+        self,
+        ctx: PassContext,
+        infos: list[TraceInfo],
+        stats: PassStats,
+        seen: Callable[[TraceInfo, dict[str, JudgeState]], bool] | None = None,
+    ) -> Due:
+        """The sampled judges that have no verdict yet on these traces. On a trace the
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
         monitor, judges = ctx.monitor, ctx.judges
         due: Due = {}
@@ -353,7 +399,7 @@ class MonitorEngine:
                 else:
                     due.setdefault(info.trace_id, []).append((judge, state))
                     ctx.touched[info.trace_id] = info.timestamp_ms
-        self.score_due(ctx, due, stats)
+        return due
 
     def score_due(
         self,
@@ -364,11 +410,23 @@ class MonitorEngine:
     ) -> None:
         """Score the due (trace, judge) pairs, log their verdicts, then the error feedback of
         the failures; ``on_outcome`` sees each outcome as it arrives (a backfill's progress)."""
+        if due:
+            self._collect(ctx, due, self.scorer.score(ctx.writer, due), stats, on_outcome)
+
+    def _collect(
+        self,
+        ctx: PassContext,
+        due: Due,
+        outcomes: Iterator[Outcome],
+        stats: PassStats,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        """Count the outcomes as they arrive (good verdicts are already written), then write
+        the error feedback of the failed ones."""
         writer = ctx.writer
-        if not due:
-            return
         answered, failed = set(), []
-        for outcome in self.scorer.score(writer, due):
+        for outcome in outcomes:
+            self._publish_concurrency()
             verdict = outcome.verdict
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -394,6 +452,25 @@ class MonitorEngine:
             state = states[(verdict.trace_id, verdict.judge.name)]
             charge = verdict.judge.name in answered and not verdict.skipped
             stats.feedback_logged += writer.write(verdict, state, charge)
+
+    def _publish_concurrency(self, final: bool = False) -> None:
+        """The judge calls' concurrency limit and calls in flight, for ``status``: numbers
+        only, rewritten every few seconds at most, and at the end of a pass that called."""
+        now = time.monotonic()
+        if now - self._concurrency_at < (1.0 if final else CONCURRENCY_EVERY_S):
+            return
+        snapshot = limiter.snapshot()
+        if snapshot is None or snapshot == self._concurrency_last:
+            return
+        self._concurrency_at, self._concurrency_last = now, snapshot
+        try:
+            self.tags.write_json(
+                self.experiment_id,
+                "concurrency",
+                {**snapshot, "updated_ms": int(time.time() * 1000)},
+            )
+        except Exception as e:  # status only: never fail a pass over it
+            _logger.debug("Could not save the concurrency snapshot: %s", e)
 
     def _export(
         self,

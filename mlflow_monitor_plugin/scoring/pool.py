@@ -17,24 +17,26 @@ daemon leaves no writer behind to race its successor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Any, Protocol
 
 import mlflow
 from mlflow.entities import Trace
 
 from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.redact import add_secret_url, secret_urls
+from mlflow_monitor_plugin.scoring import limiter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 from mlflow_monitor_plugin.scoring.runner import LAZY_IMPORTS, JudgeRunner, ScoringSettings, Verdict
@@ -61,7 +63,13 @@ class Outcome:
 
 
 class Scorer(Protocol):
-    def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]: ...
+    def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
+        """Start scoring ``due`` now; iterate for the outcomes as they complete."""
+        ...
+
+    def settle(self) -> None:
+        """Drop what has not started; wait for what is in flight, writes included."""
+        ...
 
     def close(self) -> None: ...
 
@@ -72,31 +80,34 @@ def score_and_write(
     writer: FeedbackWriter,
     due: Due,
 ) -> Iterator[Outcome]:
-    """Fetch the traces, run the judges that apply, log each good verdict as it arrives.
-    Failed verdicts are yielded unwritten: the engine writes them once it knows whether the
-    judge answered anyone in this pass."""
+    """Fetch the traces and start the judges that apply (now, not when iterated); good verdicts
+    are logged as they arrive. Failed verdicts are yielded unwritten: the engine writes them
+    once it knows whether the judge answered anyone in this pass."""
     traces = {t.info.trace_id: t for t in fetch(list(due))}
-    tasks, states = [], {}
+    tasks, skipped = [], []
     for trace_id, pairs in due.items():
         trace = traces.get(trace_id)
         for judge, state in pairs:
             if trace is None or not judge.applies_to(trace):
-                yield Outcome(Verdict(trace_id, judge), applicable=False)
+                skipped.append(Outcome(Verdict(trace_id, judge), applicable=False))
             else:
-                tasks.append((trace, judge))
-                states[(trace_id, judge.name)] = state
+                tasks.append((trace, judge, functools.partial(_write, writer, state)))
+    batch = runner.submit(tasks)
+    return _outcomes(skipped, batch)
 
-    def write(verdict: Verdict) -> int:
-        if not verdict.ok:
-            return 0
-        return writer.write(verdict, states[(verdict.trace_id, verdict.judge.name)])
 
-    for verdict, logged in runner.run(tasks, then=write):
+def _write(writer: FeedbackWriter, state: JudgeState | None, verdict: Verdict) -> int:
+    return writer.write(verdict, state)
+
+
+def _outcomes(skipped: list[Outcome], batch: Any) -> Iterator[Outcome]:
+    yield from skipped
+    for verdict, logged in batch:
         yield Outcome(verdict, logged or 0)
 
 
 class InProcessScorer:
-    """Judges run on a thread pool in the calling process."""
+    """Judges run on threads in the calling process."""
 
     def __init__(self, runner: JudgeRunner, fetch: Callable[[list[str]], list[Trace]]):
         self.runner = runner
@@ -105,8 +116,11 @@ class InProcessScorer:
     def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
         return score_and_write(self.runner, self.fetch, writer, due)
 
+    def settle(self) -> None:
+        self.runner.settle()
+
     def close(self) -> None:
-        pass
+        self.runner.close()
 
 
 def split(due: Due, parts: int) -> list[Due]:
@@ -132,6 +146,7 @@ class ProcessScorer:
         self._lifeline: Connection | None = None  # its other end in every scoring process
         self._lock = threading.Lock()
         self._warm_up: threading.Thread | None = None
+        self._futures: list[Future[list[Outcome]]] = []  # this pass's chunks, for settle()
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD)
 
@@ -161,17 +176,20 @@ class ProcessScorer:
         # The environment as it is now (the judge proxy's address among it), not as the fork
         # server found it when it started; and the secrets this process knows of.
         environ = (dict(os.environ), sorted(secret_urls()))
-        initargs = (self.settings, environ, mlflow.get_tracking_uri(), level, lifeline)
+        board = limiter.board()  # the daemon's concurrency limit, which the workers follow
+        initargs = (self.settings, environ, mlflow.get_tracking_uri(), level, lifeline, board)
         self._pool = ProcessPoolExecutor(
             self.processes, mp_context=self._context, initializer=_init_worker, initargs=initargs
         )
         return self._pool
 
     def score(self, writer: FeedbackWriter, due: Due) -> Iterator[Outcome]:
-        """Score ``due`` on the pool. Each process logs with its own ``FeedbackWriter`` for
-        ``writer``'s monitor and config version."""
+        """Start scoring ``due`` on the pool; iterate for the outcomes. Each process logs with
+        its own ``FeedbackWriter`` for ``writer``'s monitor and config version. Chunks queue
+        behind those of the page before, so a process goes on to the next page's chunk as soon
+        as it is done with this one."""
         if not due:
-            return
+            return iter(())
         pool = self._ensure_pool()
         futures = []
         try:
@@ -179,15 +197,31 @@ class ProcessScorer:
                 futures.append(
                     pool.submit(_score_chunk, writer.monitor_id, writer.config_version, chunk)
                 )
+        except BrokenProcessPool as e:
+            self._broken(e)
+        self._futures.extend(futures)
+        return self._outcomes(futures)
+
+    def _outcomes(self, futures: list[Future[list[Outcome]]]) -> Iterator[Outcome]:
+        try:
             for future in as_completed(futures):
                 yield from future.result()
         except BrokenProcessPool as e:
-            self.close(cut_lifeline_first=True)  # a new pool next time
-            raise MonitorError(f"A scoring process died; the pass will be retried ({e})") from e
+            self._broken(e)
         finally:
             # As with threads: when one chunk fails the pass, let the others finish writing
             # before the daemon retries, so no retry reads a trace a chunk is still writing.
             wait(futures)
+
+    def _broken(self, error: BaseException) -> None:
+        self.close(cut_lifeline_first=True)  # a new pool next time
+        raise MonitorError(f"A scoring process died; the pass will be retried ({error})") from error
+
+    def settle(self) -> None:
+        futures, self._futures = self._futures, []
+        for future in futures:
+            future.cancel()  # not started yet: the next pass scores it again
+        wait(futures)
 
     def pids(self) -> list[int]:
         """The scoring processes running now."""
@@ -243,6 +277,7 @@ def _init_worker(
     tracking_uri: str,
     log_level: int,
     lifeline: Connection,
+    board: Any = None,
 ) -> None:
     global _runner
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -256,6 +291,7 @@ def _init_worker(
     from mlflow_monitor_plugin.redact import configure_logging
 
     configure_logging(logging.getLevelName(log_level))
+    limiter.attach(board)
     _runner = JudgeRunner(settings)
     threading.Thread(
         target=_exit_with_daemon, args=(lifeline,), name="mlflow-monitor-lifeline", daemon=True
@@ -279,7 +315,10 @@ def _score_chunk(monitor_id: str, config_version: int, due: Due) -> list[Outcome
         raise RuntimeError("_score_chunk runs in a scoring process (see _init_worker)")
     fetch = TraceSource("", mlflow.MlflowClient()).fetch  # fetch by id needs no experiment
     writer = FeedbackWriter(monitor_id, config_version)
-    outcomes = list(score_and_write(_runner, fetch, writer, due))
+    try:
+        outcomes = list(score_and_write(_runner, fetch, writer, due))
+    finally:
+        _runner.settle()
     for outcome in outcomes:
         outcome.verdict.feedbacks = []  # logged here: the daemon only counts them
     return outcomes

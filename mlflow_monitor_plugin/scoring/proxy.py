@@ -3,7 +3,10 @@
 MLflow's judge client retries 429/5xx/timeouts itself, on a fixed schedule that ignores
 Retry-After. The daemon routes judge calls through this proxy (it points ``OPENAI_API_BASE`` at
 it) so that one place rate-limits every judge HTTP call, honours Retry-After, retries with
-jittered exponential backoff, and bounds a call's total time. When the retries run out it answers
+jittered exponential backoff, and bounds a call's total time. It also holds the concurrency gate
+(limiter.py): at most the adaptive limit of calls are in flight to the judge, and each call's
+round trip and outcome (429, 503, 504 and timeouts are congestion) adjust that limit. When the
+retries run out it answers
 400 with the reason, which MLflow's client does not retry: the engine then logs error feedback
 and retries the (trace, judge) on a later pass.
 
@@ -31,11 +34,22 @@ import requests.utils
 import urllib3
 
 from mlflow_monitor_plugin.redact import add_secret_url
+from mlflow_monitor_plugin.scoring import limiter
+from mlflow_monitor_plugin.scoring.limiter import (
+    DROPPED,
+    IGNORED,
+    OK,
+    AdaptiveLimit,
+    ConcurrencyGate,
+    FixedLimit,
+    LimitSettings,
+)
 from mlflow_monitor_plugin.scoring.runner import RateLimiter, backoff_delay
 
 _logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+CONGESTION_STATUSES = frozenset({408, 429, 503, 504})  # the judge is overloaded: cut the limit
 BASE_ENVS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 TIMEOUT_ENV = "MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS"
@@ -50,7 +64,9 @@ class ProxySettings:
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 120.0
-    connections: int = 16  # kept alive to the judge: at least the concurrent judge calls
+    connections: int = 256  # kept alive to the judge: at least the concurrent judge calls
+    concurrency: LimitSettings = LimitSettings()  # the adaptive limit of calls in flight
+    fixed_concurrency: int | None = None  # --workers: a fixed limit instead
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -81,12 +97,19 @@ class JudgeProxy:
         self.settings = settings or ProxySettings()
         self._sleep = sleep
         self._limiter = RateLimiter(self.settings.rate_limit)
+        s = self.settings
+        limit = (
+            FixedLimit(s.fixed_concurrency)
+            if s.fixed_concurrency
+            else AdaptiveLimit(s.concurrency, time.monotonic())
+        )
+        self.gate = ConcurrencyGate(limit)
         self._rng = random.Random()
         # One pool of keep-alive connections for every handler thread: MLflow's client opens a
         # new connection per call, so per-thread state would be rebuilt (and, against a real
         # endpoint, a TLS handshake made) on every call.
         self._http = _connection_pool(self.upstream, self.settings.connections)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="mlflow-monitor-judge-proxy", daemon=True
@@ -112,7 +135,11 @@ class JudgeProxy:
         s = self.settings
         last = "no attempt made"
         for attempt in range(s.attempts):
-            self._limiter.wait(self._sleep)
+            started = self.gate.acquire()
+            # Waiting for the rate limit holds a slot: the limit must not grow on that.
+            held_back = self._limiter.wait(self._sleep) > 0
+            started = self.gate.clock() if held_back else started
+            outcome = IGNORED
             try:
                 response = self._http.request(
                     "POST",
@@ -123,9 +150,14 @@ class JudgeProxy:
                 )
             except Exception as e:  # only its type is reported: a message may quote a header
                 timed_out = isinstance(e, urllib3.exceptions.TimeoutError)
+                outcome = DROPPED if timed_out else IGNORED
                 last = f"timed out after {s.timeout_s:g}s" if timed_out else type(e).__name__
                 delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
             else:
+                if response.status in CONGESTION_STATUSES:
+                    outcome = DROPPED
+                elif response.status < 500:
+                    outcome = OK
                 if response.status not in RETRY_STATUSES:
                     kept = {
                         "Content-Type": response.headers.get("Content-Type", "application/json")
@@ -138,6 +170,8 @@ class JudgeProxy:
                     if wait is not None
                     else backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
                 )
+            finally:
+                self.gate.release(started, outcome, may_grow=not held_back)
             _logger.debug("Judge call %s (attempt %d); retrying in %.2fs", last, attempt + 1, delay)
             if attempt + 1 < s.attempts:
                 self._sleep(delay)
@@ -168,6 +202,10 @@ class JudgeProxy:
                 self.wfile.write(payload)
 
         return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of judge calls may connect at once
 
 
 def _connection_pool(upstream: str, connections: int) -> urllib3.PoolManager:
@@ -213,6 +251,7 @@ def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | 
         settings = ProxySettings(**{**settings.__dict__, "timeout_s": float(user_timeout)})
     add_secret_url(upstream)  # the environment will name the proxy, not the upstream
     proxy = JudgeProxy(upstream, settings).start()
+    limiter.activate(proxy.gate)
     saved = {name: os.environ.get(name) for name in (*BASE_ENVS, TIMEOUT_ENV)}
     budget = settings.attempts * (settings.timeout_s + settings.retry_after_max_s) + 60
     os.environ.update(
@@ -222,6 +261,7 @@ def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | 
     try:
         yield proxy
     finally:
+        limiter.activate(None)
         proxy.stop()
         for name, value in saved.items():
             if value is None:

@@ -1,7 +1,8 @@
 """Run judges on traces concurrently, with retries and jittered backoff.
 
-The rate limit lives in the judge proxy (judge_proxy.py), which sees every HTTP call a judge
-makes; ``RateLimiter`` and ``backoff_delay`` are shared with it.
+The rate limit and the adaptive concurrency limit live in the judge proxy (proxy.py), which sees
+every HTTP call a judge makes; ``RateLimiter`` and ``backoff_delay`` are shared with it. The
+runner keeps as many judge calls going as that limit allows (dispatch.py), or ``--workers``.
 
 MLflow's judge client already retries 429/5xx/timeouts inside one call; this layer retries the
 calls that still fail (and replies it cannot parse) a few times more, and turns what remains into
@@ -16,13 +17,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import Feedback, Trace
 
 from mlflow_monitor_plugin.redact import redact
+from mlflow_monitor_plugin.scoring import limiter
+from mlflow_monitor_plugin.scoring.dispatch import Batch, Dispatcher, Job
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 
 _logger = logging.getLogger(__name__)
@@ -49,10 +51,15 @@ class Verdict:
         return self.error is None and not self.skipped
 
 
+DEFAULT_WORKERS = 8  # concurrent calls when no concurrency gate is active (no judge proxy)
+
+
 @dataclass(frozen=True)
 class ScoringSettings:
-    workers: int = 8  # concurrent judge calls in each scoring process
+    workers: int | None = None  # fixed concurrent judge calls per process; None: adaptive
+    max_concurrency: int = 256  # the adaptive limit's ceiling, all processes together
     processes: int = 0  # scoring processes beside the daemon; 0: score in the daemon itself
+    writers: int = 4  # threads logging verdicts (see dispatch.py for why more than one)
     attempts: int = 3
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -68,15 +75,17 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next = clock()
 
-    def wait(self, sleep: Callable[[float], None] = time.sleep) -> None:
+    def wait(self, sleep: Callable[[float], None] = time.sleep) -> float:
+        """Wait for this call's turn; returns the seconds waited."""
         if not self.rate:
-            return
+            return 0.0
         with self._lock:
             now = self._clock()
             start = max(now, self._next)
             self._next = start + 1.0 / self.rate
         if start > now:
             sleep(start - now)
+        return max(0.0, start - now)
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
@@ -163,6 +172,7 @@ class JudgeRunner:
         self._scorers: dict[JudgeSpec, Any] = {}
         self._lock = threading.Lock()
         self._failing: dict[str, int] = {}  # consecutive failures per judge, this run
+        self._dispatch: Dispatcher | None = None
         _preload_lazy_imports()
 
     def _scorer(self, judge: JudgeSpec) -> Any:
@@ -198,41 +208,79 @@ class JudgeRunner:
         verdict.seconds = time.monotonic() - started
         return verdict
 
-    def run(
+    def call(self, trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None) -> Verdict:
+        """One judge on one trace (a session judge on ``session``), unless the judge's breaker
+        is open (it failed ``breaker_after`` calls in a row since the runner was last idle)."""
+        if self._failing.get(judge.name, 0) >= self.settings.breaker_after:
+            error = f"not tried: {judge.name} failed {self.settings.breaker_after} calls in a row"
+            return Verdict(
+                trace.info.trace_id,
+                judge,
+                error=error,
+                skipped=True,
+                root_span_id=root_span_id(trace),
+            )
+        verdict = self.score_one(trace, judge, session)
+        with self._lock:
+            failures = 0 if verdict.ok else self._failing.get(judge.name, 0) + 1
+            self._failing[judge.name] = failures
+        return verdict
+
+    def target(self) -> int:
+        """Judge calls to keep in flight in this process now."""
+        s = self.settings
+        if s.workers:
+            return s.workers
+        limit = limiter.current_limit()
+        if limit is None:
+            return DEFAULT_WORKERS
+        share = -(-limit // max(1, s.processes))  # this process's part of the global limit
+        return share + max(2, share // 4)  # a few more, waiting at the gate, keep it fed
+
+    def submit(
         self,
-        tasks: Iterable[tuple[Trace, JudgeSpec] | tuple[Trace, JudgeSpec, list[Trace]]],
-        then: Callable[[Verdict], Any] | None = None,
-    ) -> Iterator[tuple[Verdict, Any]]:
-        """Score each task; ``then(verdict)`` runs in the same worker thread (writes are
-        round trips too, and a remote tracking server answers concurrent requests faster)."""
+        tasks: Iterable[tuple[Trace, JudgeSpec, Callable[[Verdict], int] | None]],
+        sessions: dict[tuple[str, str], list[Trace]] | None = None,
+    ) -> Batch:
+        """Start scoring; each good verdict is written with its task's callable, on the writer
+        threads. Iterate the batch for ``(verdict, feedbacks logged)`` as they complete."""
         tasks = list(tasks)
-        if not tasks:
-            return
-        self._failing.clear()
+        batch = Batch(len(tasks))
+        if tasks:
+            dispatcher = self._dispatcher()
+            if dispatcher.idle:
+                self._failing.clear()  # a new run starts with every breaker closed
+            sessions = sessions or {}
+            jobs = [
+                Job(t, j, batch, write, sessions.get((t.info.trace_id, j.name)))
+                for t, j, write in tasks
+            ]
+            dispatcher.submit(jobs)
+        return batch
 
-        def work(
-            trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None
-        ) -> tuple[Verdict, Any]:
-            if self._failing.get(judge.name, 0) >= self.settings.breaker_after:
-                error = (
-                    f"not tried: {judge.name} failed {self.settings.breaker_after} calls in a row"
-                )
-                verdict = Verdict(
-                    trace.info.trace_id,
-                    judge,
-                    error=error,
-                    skipped=True,
-                    root_span_id=root_span_id(trace),
-                )
-                return verdict, None
-            verdict = self.score_one(trace, judge, session)
-            with self._lock:
-                failures = 0 if verdict.ok else self._failing.get(judge.name, 0) + 1
-                self._failing[judge.name] = failures
-            return verdict, then(verdict) if then else None
+    def run(
+        self, tasks: Iterable[tuple[Trace, JudgeSpec] | tuple[Trace, JudgeSpec, list[Trace]]]
+    ) -> Iterator[tuple[Verdict, int]]:
+        """Score each (trace, judge) task, or (first trace, judge, session) for a session
+        judge, writing nothing; yields the verdicts as they complete."""
+        tasks = list(tasks)
+        sessions = {(t[0].info.trace_id, t[1].name): t[2] for t in tasks if len(t) > 2}
+        yield from self.submit(((t[0], t[1], None) for t in tasks), sessions)
 
-        workers = max(1, min(self.settings.workers, len(tasks)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="mlflow-monitor-judge") as pool:
-            futures = [pool.submit(work, *task) for task in tasks]
-            for future in as_completed(futures):
-                yield future.result()
+    def settle(self) -> None:
+        """Drop the calls not started; wait for those in flight and their writes."""
+        if self._dispatch is not None:
+            self._dispatch.settle()
+
+    def close(self) -> None:
+        if self._dispatch is not None:
+            self._dispatch.close()
+            self._dispatch = None
+
+    def _dispatcher(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatch is None:
+                s = self.settings
+                threads = s.workers or s.max_concurrency // max(1, s.processes) + 8
+                self._dispatch = Dispatcher(self.call, self.target, threads, s.writers)
+            return self._dispatch
