@@ -35,7 +35,7 @@ class Recorder:
         self.writer_threads = set()
         self.written = []
 
-    def call(self, trace, judge):
+    def call(self, trace, judge, session=None):
         with self.lock:
             self.calling += 1
             self.peak_calls = max(self.peak_calls, self.calling)
