@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from mlflow_monitor_plugin import create_external_monitor, update_external_monitor
 from mlflow_monitor_plugin.cli import monitor as cli
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.backfill import DAEMON, DONE, OURS, owner
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
 from mlflow_monitor_plugin.scoring.feedback import JudgeState
@@ -131,6 +132,8 @@ def test_range_bounds_are_respected_and_traces_ahead_of_the_daemon_are_left_to_i
 ):
     m, ids = with_new_judge(days=3, per_day=4)
     ahead = log_trace_at(int(time.time() * 1000) - 3_600_000, "after the daemon pass")
+    while not is_sampled(ahead, m.monitor_id, RATES["safety"]):  # a pair the daemon must keep
+        ahead = log_trace_at(int(time.time() * 1000) - 3_600_000, "after the daemon pass")
     out = run("backfill", "-x", m.experiment_id, "--since", "2d", "--judge", "safety").output
     assert "the daemon's" in out
     scored = {t for (t, _) in safety_pairs(audit(m.experiment_id, m.monitor_id))}
