@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "scoring": {"exceptions", "redact", "config", "discovery"},
     "export": {"exceptions", "discovery"},
     "observe": {"exceptions", "redact", "config", "discovery", "scoring", "export"},
-    "alerts": {"exceptions", "redact", "config", "discovery", "observe"},
+    "alerts": {"exceptions", "redact", "config", "discovery", "scoring", "observe"},
     "engine": {
         "exceptions",
         "redact",

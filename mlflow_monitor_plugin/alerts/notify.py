@@ -21,12 +21,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mlflow_monitor_plugin.alerts.message import to_slack
 from mlflow_monitor_plugin.config.alerts import AlertRule
 from mlflow_monitor_plugin.redact import redact
+from mlflow_monitor_plugin.scoring.proxy import retry_after_seconds
 
 _logger = logging.getLogger(__name__)
 
@@ -61,19 +61,6 @@ def webhook_key(index: int) -> str:
 def target_keys(rule: AlertRule, settings: DeliverySettings) -> list[str]:
     keys = [webhook_key(i) for i in range(len(rule.targets))]
     return keys + ([COMMAND] if settings.command else [])
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
 
 
 class Notifier:
@@ -153,7 +140,7 @@ class Notifier:
                 self._drain(response, deadline)
                 return Delivery(True)
         except urllib.error.HTTPError as e:
-            retry_after = _retry_after(e.headers.get("Retry-After"), time.time())
+            retry_after = retry_after_seconds(e.headers.get("Retry-After"), time.time())
             retryable = e.code >= 500 or e.code in (408, 425, 429)
             error = f"HTTP {e.code}" + ("" if retryable else " (check the receiver's config)")
             return Delivery(False, error, retry_after, retryable=retryable)
