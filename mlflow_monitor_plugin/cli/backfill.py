@@ -183,7 +183,8 @@ def _run(
         done = stats.window.fraction(stats.position_ms) * 1000
         progress.update(task, completed=done, traces=stats.traces, **live)
 
-    with judge_proxy(ProxySettings(rate_limit=rate_limit, connections=calls)):
+    proxy = ProxySettings(rate_limit=rate_limit, connections=calls, fixed_concurrency=calls)
+    with judge_proxy(proxy):
         if scorer is not None:
             scorer.start()
         try:

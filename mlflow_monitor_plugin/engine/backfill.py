@@ -135,8 +135,10 @@ def cursor_key(monitor_id: str, window: TimeRange, judges: list[str]) -> str:
 
 
 def select_judges(monitor: ExternalMonitor, names: list[str] | None) -> list[JudgeSpec]:
-    """The monitor's judges, or only the ones named; an unknown name is a config error."""
-    judges = build_judges(monitor.assessments_config)
+    """The monitor's trace judges, or only the ones named; an unknown name is a config error.
+    Session judges are the session pass's, and unavailable code judges cannot run."""
+    judges = [j for j in build_judges(monitor.assessments_config) if not j.session]
+    judges = [j for j in judges if not j.unavailable]
     known = [j.name for j in judges]
     for name in names or []:
         if name not in known:
@@ -225,6 +227,7 @@ class Backfill:
         try:
             return self._run(on_outcome, on_page)
         finally:
+            self.engine.scorer.settle()  # nothing of this backfill may still be writing after it
             self.lease.release()
 
     def _run(
@@ -250,6 +253,7 @@ class Backfill:
 
         def score(due: Due, last: TraceInfo) -> None:
             self.engine.score_due(ctx, due, stats.counts, on_outcome)
+            self.engine.scorer.settle()  # the page is written: drop what scoring kept of it
             self._save_record(Checkpoint(last.timestamp_ms, last.trace_id))
             self.lease.acquire(self._now_ms())  # renew: a long backfill keeps it
 
@@ -306,10 +310,14 @@ class Backfill:
     ) -> Due:
         monitor_id, counts = self.monitor.monitor_id, stats.counts
         due: Due = {}
+        filters = {j.filter_string for j in self.judges if j.filter_string}
+        matching = {f: self.engine.source.matching(page, f) for f in filters}  # per-judge filters
         for info in page:
             states = judge_states(info, monitor_id)
             seen = bool(states) or info.trace_id in exported
             for judge in self.judges:
+                if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
+                    continue
                 if not is_sampled(info.trace_id, monitor_id, judge.rate):
                     continue
                 counts.count(judge.name, "sampled")
