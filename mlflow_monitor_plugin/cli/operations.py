@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import importlib.util
 import time
@@ -12,14 +13,18 @@ from types import ModuleType
 from typing import Any
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin.config import api
-from mlflow_monitor_plugin.discovery.checkpoint import lag_ms
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+from mlflow_monitor_plugin.observe import coverage
+from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun
 from mlflow_monitor_plugin.observe.report import last_windows
+from mlflow_monitor_plugin.observe.windows import HOUR_MS, window_start
 from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states, session_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
@@ -109,31 +114,12 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
     judges = [j for j in all_judges if not j.session]
     counts = {j.name: Counter() for j in all_judges}
-    for page in source.infos_after(None, 500):
-        filters = {j.filter_string for j in judges if j.filter_string}
-        matching = {f: source.matching(page, f) for f in filters}
-        for info in page:
-            states = judge_states(info, monitor.monitor_id)
-            behind = cursor.score is not None and not cursor.score.is_before(
-                info.timestamp_ms, info.trace_id
-            )
-            for judge in judges:
-                if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
-                    continue
-                c = counts[judge.name]
-                c["eligible"] += 1
-                if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
-                    continue
-                c["sampled"] += 1
-                state = states.get(judge.name)
-                if state and state.done:
-                    c["scored"] += 1
-                elif state and state.errors:
-                    c["failed"] += 1
-                elif behind:
-                    c["not_applicable"] += 1
-                else:
-                    c["pending"] += 1
+    ledger = coverage.collect(
+        source.infos_after(None, 500), judges, monitor.monitor_id, cursor.score, source.matching
+    )
+    for by_judge in ledger.values():
+        for name, window in by_judge.items():
+            counts[name].update(window.counts)
     session_judges = [j for j in all_judges if j.session and not j.unavailable]
     if session_judges:
         _count_sessions(monitor, session_judges, counts)
@@ -149,12 +135,43 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "concurrency": engine.tags.read_json(monitor.experiment_id, "concurrency"),
         "judges": [
             {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
-             ("eligible", "sampled", "scored", "not_applicable", "failed", "pending")},
+             ("sampled", "scored", "not_applicable", "failed", "pending")},
+             "eligible": counts[j.name]["seen"],
              **({"unavailable": unavailable[j.name]} if j.name in unavailable else {})}
             for j in all_judges
         ],
         "windows": windows,
     }  # fmt: skip
+
+
+def coverage_ledger(
+    experiment_id: str | None, experiment_name: str | None, since_ms: int, now_ms: int
+) -> dict[str, Any]:
+    """The monitor's coverage ledger from ``since_ms``: per hourly window and judge, traces
+    seen, sampled, scored, failed, not applicable and pending, the delay to the verdict, the
+    minutes the daemon was running and the window's state (see observe/coverage.py)."""
+    monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    engine = MonitorEngine.create(monitor.experiment_id)
+    cursor = engine.read_cursor(monitor)
+    source = engine.source
+    judges = [j for j in build_judges(monitor.assessments_config) if not j.session]
+    pages = source.infos_after(Checkpoint(window_start(since_ms, HOUR_MS) - 1, ""), 500)
+    windows = coverage.collect(pages, judges, monitor.monitor_id, cursor.score, source.matching)
+    beats = MetricsRun(MlflowClient(), monitor.experiment_id, monitor.monitor_id).heartbeats(
+        since_ms - 3_600_000
+    )
+    rates = {j.name: j.rate for j in judges}
+    rows = coverage.ledger_rows(windows, rates, now_ms, beats)
+    for row in rows:
+        row["window"] = dt.datetime.fromtimestamp(
+            row["window_start_ms"] / 1000, dt.timezone.utc
+        ).strftime("%Y-%m-%d %H:%M")
+    return {
+        "experiment_id": monitor.experiment_id,
+        "checkpoint": cursor.score.to_dict() if cursor.score else None,
+        "heartbeat": beats is not None,
+        "windows": rows,
+    }
 
 
 def _source_fields(judge: JudgeSpec) -> dict[str, str]:
@@ -177,7 +194,7 @@ def _count_sessions(monitor: Any, judges: list[Any], counts: dict[str, Counter])
             states = session_states(session.first, monitor.monitor_id)
             for judge in judges:
                 c = counts[judge.name]
-                c["eligible"] += 1
+                c["seen"] += 1
                 if not is_sampled(session_id, monitor.monitor_id, judge.rate):
                     continue
                 c["sampled"] += 1

@@ -18,6 +18,7 @@ from mlflow_monitor_plugin.cli.options import (
 from mlflow_monitor_plugin.cli.quality import metrics_options, serving_metrics
 from mlflow_monitor_plugin.engine.daemon import DEFAULT_INTERVAL_S
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings
+from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.redact import configure_logging
 from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 
@@ -217,18 +218,46 @@ def test_command(
 
 @click.command("status")
 @experiment_options
+@click.option(
+    "--coverage",
+    "show_coverage",
+    is_flag=True,
+    help="Show the coverage ledger instead: per hourly window and judge, traces seen, sampled "
+    "and scored, the delay to the verdict, the minutes the daemon ran, and gaps.",
+)
+@click.option(
+    "--since",
+    default="1d",
+    show_default=True,
+    help="With --coverage: how far back, e.g. 12h, 7d.",
+)
 @output_option
 @handle_errors
-def status_command(experiment_id: str | None, experiment_name: str | None, output: str) -> None:
+def status_command(
+    experiment_id: str | None,
+    experiment_name: str | None,
+    show_coverage: bool,
+    since: str,
+    output: str,
+) -> None:
     """Checkpoint, lag behind the newest trace, judge-call concurrency, and per judge its
-    verdicts' source and counts.
+    verdicts' source and counts; with --coverage, the coverage ledger.
 
     \b
-    Example:
+    A window's state in the ledger: open (in progress), behind (ended over 15 minutes ago
+    with sampled traces not scored yet: the daemon is down or behind), errors (judge errors
+    left), caught up (scored, but late: the gap is closed), ok.
+
+    \b
+    Examples:
       mlflow monitor status -x 123 --output json
+      mlflow monitor status -x 123 --coverage --since 7d
     """
     from mlflow_monitor_plugin.cli import operations
 
+    if show_coverage:
+        _print_coverage(experiment_id, experiment_name, since, output)
+        return
     status = operations.status(experiment_id, experiment_name)
     if output == "json":
         click.echo(json.dumps(status, indent=2))
@@ -258,6 +287,53 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
         click.echo("last window:")
         _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
                     "interval95", "errors"])  # fmt: skip
+
+
+COVERAGE_COLUMNS = [
+    "window", "judge", "rate", "seen", "sampled", "scored", "failed", "not_appl", "pending",
+    "delay_p50", "delay_max", "daemon", "state",
+]  # fmt: skip
+
+
+def _print_coverage(
+    experiment_id: str | None, experiment_name: str | None, since: str, output: str
+) -> None:
+    import time
+
+    from mlflow_monitor_plugin.cli import operations
+    from mlflow_monitor_plugin.observe.report import parse_duration_ms
+
+    try:
+        since_ms = parse_duration_ms(since)
+    except MonitorConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--since") from None
+    now_ms = int(time.time() * 1000)
+    ledger = operations.coverage_ledger(experiment_id, experiment_name, now_ms - since_ms, now_ms)
+    if output == "json":
+        click.echo(json.dumps(ledger, indent=2, default=str))
+        return
+    rows = [
+        {
+            **row,
+            "rate": "-" if row["sample_rate"] is None else f"{row['sample_rate']:g}",
+            "not_appl": row["not_applicable"],
+            "delay_p50": _seconds(row["delay_p50_s"]),
+            "delay_max": _seconds(row["delay_max_s"]),
+            "daemon": "-" if row["daemon_minutes"] is None else f"{row['daemon_minutes']} min",
+        }
+        for row in ledger["windows"]
+    ]
+    _print_rows(rows, "table", COVERAGE_COLUMNS)
+    if not ledger["heartbeat"]:
+        click.echo("daemon: unknown (no metrics run yet: the daemon charts its heartbeat there)")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.0f} min" if value < 7200 else f"{value / 3600:.1f} h"
 
 
 def _concurrency(c: dict[str, Any]) -> str:

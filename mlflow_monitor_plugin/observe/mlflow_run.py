@@ -81,6 +81,15 @@ class MetricsRun:
         )
         return runs[0].info.run_id if runs else None
 
+    def heartbeats(self, since_ms: int) -> list[int] | None:
+        """When the daemon charted its lag since ``since_ms`` (its heartbeat; None when the
+        monitor has no metrics run yet)."""
+        run_id = self._find()
+        if run_id is None:
+            return None
+        history = self.client.get_metric_history(run_id, "lag_seconds")
+        return sorted(m.timestamp for m in history if m.timestamp >= since_ms)
+
     def _create(self) -> str:
         run = self.client.create_run(
             self.experiment_id,
