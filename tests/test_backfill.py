@@ -17,6 +17,7 @@ from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.backfill import DAEMON, DONE, OURS, owner
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
+from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.scoring.feedback import JudgeState
 from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.history import DAY_MS, log_history, log_trace_at
@@ -108,6 +109,55 @@ def test_backfill_of_a_new_judge_writes_each_verdict_once_and_a_rerun_nothing(
     assert audit(m.experiment_id, m.monitor_id).complete == found.complete
     tags = mlflow.MlflowClient().get_experiment(m.experiment_id).tags
     assert not [k for k in tags if k.startswith("mlflow_monitor.backfill.")]  # done: no cursor
+
+
+def test_backfill_publishes_the_windows_it_scored_and_a_running_daemon_reads_them_again(
+    sqlite_experiment_id, fake_judge
+):
+    now_ms = int(time.time() * 1000)
+    old = [
+        log_trace_at(now_ms - d * DAY_MS - i * 600_000, f"q{d}.{i}")
+        for d in (4, 3, 2)
+        for i in range(6)
+    ]  # fmt: skip  (days 2-4 back: their windows have settled)
+    midnight = now_ms - now_ms % DAY_MS  # today's traces on today's UTC day, at any hour
+    today = [log_trace_at(max(now_ms - 7_200_000 - i * 300_000, midnight + i), f"t{i}")
+             for i in range(4)]  # fmt: skip
+    m = create_external_monitor(catalog_name="w", schema_name="d", assessments_config=OLD)
+    daemon = MonitorEngine.create(m.experiment_id, DAEMON_SETTINGS)
+    daemon.run_pass()  # charts the settled windows, with pii_detection only
+    m = update_external_monitor(assessments_config=NEW, experiment_id=m.experiment_id)
+    today.append(log_trace_at(int(time.time() * 1000), "new"))
+    daemon.run_pass()  # scores safety on the new trace: holds today's windows in memory
+    run("backfill", "-x", m.experiment_id, "--since", "5d", "--judge", "safety")
+
+    def expected(ids):
+        return len(expected_pairs(ids, m.monitor_id, {"safety": 0.7}))
+
+    # the charts: safety's points on the settled windows, adding up to its verdicts there
+    client = mlflow.MlflowClient()
+    [metrics_run] = client.search_runs([m.experiment_id])
+    points = {k: client.get_metric_history(metrics_run.info.run_id, k)
+              for k in ("safety/verdicts", "safety/verdicts_1d")}  # fmt: skip
+    assert sum(p.value for p in points["safety/verdicts"]) == expected(old)
+    assert sum(p.value for p in points["safety/verdicts_1d"]) == expected(old)
+    assert len({p.step for p in points["safety/verdicts"]}) == len(points["safety/verdicts"])
+    # the quality dataset: every day it scored in, rewritten from the store
+    table = QualityDataset(quality_uri(m.export_uri)).read().to_pylist()
+    hourly = [r for r in table if r["judge"] == "safety" and r["width"] == "1h"]
+    assert sum(r["verdicts"] for r in hourly) == expected(old + today)
+    # the running daemon reads the day it holds again at its next update
+    daemon.run_pass(now_ms=int(time.time() * 1000) + 60_000)
+    judges = (("pii_detection", 1.0), ("safety", 0.7))
+    held = sum(d.day_tallies(judges)["safety"].verdicts for d in daemon.quality.days.values())
+    assert held == expected(today) > 0
+
+    # (and may chart today's windows that have settled, safety included); a rerun of the
+    # backfill charts nothing twice
+    before = client.get_metric_history(metrics_run.info.run_id, "safety/verdicts")
+    run("backfill", "-x", m.experiment_id, "--since", "5d", "--judge", "safety")
+    again = client.get_metric_history(metrics_run.info.run_id, "safety/verdicts")
+    assert len(again) == len(before)
 
 
 def test_dry_run_counts_per_judge_and_judge_calls_and_writes_nothing(

@@ -47,6 +47,8 @@ from mlflow_monitor_plugin.exceptions import (
     MonitorNotFoundError,
 )
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.observe.tracker import STALE_KEY
+from mlflow_monitor_plugin.observe.windows import DAY_MS, window_start
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.pool import Due, Outcome
@@ -251,13 +253,21 @@ class Backfill:
         writer = FeedbackWriter(self.monitor.monitor_id, self.monitor.config_version)
         ctx = PassContext(self.monitor, self.judges, writer, Cursor(None, None), None, stats.counts)
 
-        def score(due: Due, last: TraceInfo) -> None:
+        days: set[int] = set()  # UTC days with verdicts of ours not published yet
+
+        def score(due: Due, page: list[TraceInfo]) -> None:
+            last = page[-1]
             self.engine.score_due(ctx, due, stats.counts, on_outcome)
             self.engine.scorer.settle()  # the page is written: drop what scoring kept of it
+            days.update(window_start(i.timestamp_ms, DAY_MS) for i in page if i.trace_id in due)
+            done = {d for d in days if d + DAY_MS <= last.timestamp_ms}
+            self._publish(done)
+            days.difference_update(done)
             self._save_record(Checkpoint(last.timestamp_ms, last.trace_id))
             self.lease.acquire(self._now_ms())  # renew: a long backfill keeps it
 
         self._walk(stats, start, score, on_page)
+        self._publish(days)
         self._delete_record()
         stats.complete = True
         return stats
@@ -271,7 +281,7 @@ class Backfill:
         self,
         stats: BackfillStats,
         start: Checkpoint,
-        score: Callable[[Due, TraceInfo], None] | None,
+        score: Callable[[Due, list[TraceInfo]], None] | None,
         on_page: Callable[[BackfillStats], None] | None,
     ) -> None:
         started = time.monotonic()
@@ -292,7 +302,7 @@ class Backfill:
                 break
             due = self._due(page, stats, exported, daemon_cursor, floor_ms)
             if score is not None:
-                score(due, page[-1])
+                score(due, page)
             stats.traces += len(page)
             stats.position_ms = page[-1].timestamp_ms
             stats.seconds = time.monotonic() - started
@@ -346,6 +356,26 @@ class Backfill:
         except (ExportError, OSError) as e:
             _logger.info("Could not read the export (%s); only verdicts mark traces seen", e)
             return set()
+
+    def _publish(self, days: set[int]) -> None:
+        """The quality windows of days this backfill wrote verdicts in: their dataset and
+        charts (observe/tracker.py ``refresh``), and the tag that has a running daemon read
+        them again. Never fails the backfill: ``report`` and ``status`` read the store."""
+        if not days:
+            return
+        now_ms = self._now_ms()
+        horizon = now_ms - int(self.settings.late_window_s * 1000) - 2 * DAY_MS
+        marker = self.tags.read_json(self.experiment_id, STALE_KEY) or {}
+        recent = {d for d in [*marker.get("days", []), *days] if d >= horizon}
+        self.tags.write_json(self.experiment_id, STALE_KEY, {"days": sorted(recent), "at": now_ms})
+        if self.engine.quality is None:
+            return
+        try:
+            self.engine.quality.refresh(
+                self.monitor, sorted(days), now_ms, [j.name for j in self.judges]
+            )
+        except Exception:
+            _logger.exception("Quality windows of the backfilled days not published")
 
     # -- the cursor tag ------------------------------------------------------------------
     def _read_record(self) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from mlflow_monitor_plugin.engine.lease import Lease, new_owner
 from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
-from mlflow_monitor_plugin.observe.tracker import QualitySettings, QualityTracker
+from mlflow_monitor_plugin.observe.tracker import STALE_KEY, QualitySettings, QualityTracker
 from mlflow_monitor_plugin.scoring import limiter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
@@ -202,6 +202,7 @@ class MonitorEngine:
         if scorer is None:
             fetch = TraceSource(experiment_id, client).fetch
             scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
+        tags = MonitorTags(client)
         quality = None
         if settings.windows:
             quality = QualityTracker(
@@ -213,10 +214,11 @@ class MonitorEngine:
                     max_failed_passes=settings.max_failed_passes,
                     export=settings.export,
                 ),
+                stale_marker=lambda: tags.read_json(experiment_id, STALE_KEY),
             )
         return cls(
             experiment_id,
-            MonitorTags(client),
+            tags,
             scorer,
             lambda exp: TraceSource(exp, client),
             settings,

@@ -90,6 +90,10 @@ class MetricsRun:
         history = self.client.get_metric_history(run_id, "lag_seconds")
         return sorted(m.timestamp for m in history if m.timestamp >= since_ms)
 
+    def steps(self, key: str) -> set[int]:
+        """The steps ``key`` has a point at on the run."""
+        return {m.step for m in self.client.get_metric_history(self.run_id(), key)}
+
     def _create(self) -> str:
         run = self.client.create_run(
             self.experiment_id,

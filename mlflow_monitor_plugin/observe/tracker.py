@@ -24,11 +24,12 @@ from mlflow_monitor_plugin.exceptions import ExportError
 from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
-from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun
+from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, window_metrics
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
     HOUR_MS,
     VERDICT_KINDS,
+    WIDTHS,
     Outcome,
     Tally,
     settled,
@@ -38,6 +39,7 @@ from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _logger = logging.getLogger(__name__)
 
+STALE_KEY = "windows_stale"  # tag: {"days": [day start ms], "at": ms}, written by a backfill
 _VALUE_LABELS = {"pass": "yes", "fail": "no", "numeric": "numeric"}
 
 
@@ -108,6 +110,7 @@ class QualityTracker:
         settings: QualitySettings | None = None,
         live: LiveMetrics = METRICS,
         wall: Callable[[], float] = time.time,
+        stale_marker: Callable[[], Any] | None = None,
     ):
         self.experiment_id = experiment_id
         self.client = client
@@ -115,6 +118,8 @@ class QualityTracker:
         self.settings = settings or QualitySettings()
         self.live = live
         self._wall = wall
+        self._stale_marker = stale_marker  # the days a backfill changed (see ``refresh``)
+        self._stale_at: Any = None
         self._key: tuple[str, Judges] | None = None
         self.days: dict[int, Day] = {}
         self._unexported: set[int] = set()
@@ -165,6 +170,7 @@ class QualityTracker:
         judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)
+        self._reload_stale()
         self._count(self._update(touched), since_ms)
         if self.settings.export:
             self._export(monitor, judges, wall_ms)
@@ -172,6 +178,86 @@ class QualityTracker:
         horizon = now_ms - int(self.settings.late_window_s * 1000) - DAY_MS
         for start in [s for s in self.days if s + DAY_MS < horizon]:
             del self.days[start]
+
+    def _reload_stale(self) -> None:
+        """Read again the days in memory that a backfill has written verdicts in since."""
+        marker = self._stale_marker() if self._stale_marker else None
+        if not isinstance(marker, dict) or marker.get("at") == self._stale_at:
+            return
+        self._stale_at = marker.get("at")
+        assert self._reader is not None
+        for start in marker.get("days", []):
+            if start in self.days:
+                self.days[start] = self._reader.load_day(start)
+                self._unexported.add(start)
+
+    def refresh(
+        self,
+        monitor: ExternalMonitor,
+        day_starts: list[int],
+        now_ms: int,
+        judge_names: list[str],
+    ) -> int:
+        """Publish again the days another writer (a backfill) scored ``judge_names`` in: read
+        them from the store, rewrite their quality dataset, and chart those judges on the
+        settled windows the daemon will not chart again (a judge's point is never logged
+        twice). Returns the points charted."""
+        wall_ms = int(self._wall() * 1000)
+        judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+        if self._key != (monitor.monitor_id, judges):
+            self._reset(monitor, judges)
+        assert self._reader is not None and self._run is not None
+        for start in day_starts:
+            self.days[start] = self._reader.load_day(start)
+            self._unexported.add(start)
+        self._export(monitor, judges, wall_ms)  # even where this process exports no traces
+        # Only these judges: windows older than the daemon's memory may have been charted with
+        # every judge, and the run's list of charted windows no longer names them.
+        charted = self._chart_judges(monitor, judges, day_starts, judge_names, now_ms)
+        for start in day_starts:
+            del self.days[start]  # the daemon's own days are its to keep; ours are done
+        return charted
+
+    def _chart_judges(
+        self,
+        monitor: ExternalMonitor,
+        judges: Judges,
+        day_starts: list[int],
+        names: list[str],
+        now_ms: int,
+    ) -> int:
+        assert self._run is not None
+        s = self.settings
+        settle_ms, late_ms = int(s.settle_s * 1000), int(s.late_window_s * 1000)
+        ours = tuple(j for j in judges if j[0] in set(names))
+        run_id = self._run.run_id()
+        have = {
+            (name, width): self._run.steps(f"{name}/verdicts" + ("_1d" if width == "1d" else ""))
+            for name, _ in ours
+            for width in WIDTHS
+        }
+        rows = []
+        for start in day_starts:
+            day = self.days[start]
+            windows = [("1h", h, HOUR_MS, day.hour_tallies(h, judges)) for h in sorted(day.hours)]
+            windows.append(("1d", start, DAY_MS, day.day_tallies(judges)))
+            for width, begin, width_ms, tallies in windows:
+                end = begin + width_ms
+                # a window the daemon will chart, with every judge, when it settles
+                daemons = (width, begin) not in self._run.written and now_ms < end + late_ms
+                retryable = sum(t.retryable for t in tallies.values())
+                if daemons or not settled(end, now_ms, None, retryable, settle_ms, late_ms):
+                    continue
+                rows += [
+                    r
+                    for r in window_rows(monitor, ours, width, begin, tallies, now_ms)
+                    if r["verdicts"] and begin // 1000 not in have[(r["judge"], width)]
+                ]
+        metrics = [m for r in rows for m in window_metrics(r)]
+        if metrics:
+            self._run.log([], metrics)
+        _logger.debug("Charted %d points of %s on run %s", len(metrics), names, run_id)
+        return len(metrics)
 
     def _update(self, touched: dict[str, int]) -> dict[str, dict[str, Outcome]]:
         """Bring the touched days up to date; the touched traces' outcomes now."""
