@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.timerange import TimeRange
 from mlflow_monitor_plugin.engine.lease import Lease
 from mlflow_monitor_plugin.engine.pipeline import (
+    PAGES_AHEAD,
     Cursor,
     EngineSettings,
     MonitorEngine,
@@ -254,11 +256,13 @@ class Backfill:
         ctx = PassContext(self.monitor, self.judges, writer, Cursor(None, None), None, stats.counts)
 
         days: set[int] = set()  # UTC days with verdicts of ours not published yet
+        in_flight: deque[tuple[Due, Iterator[Outcome], list[TraceInfo]]] = deque()
 
-        def score(due: Due, page: list[TraceInfo]) -> None:
+        def finish() -> None:
+            """Collect the oldest page in flight, publish the days behind it, save the cursor."""
+            due, outcomes, page = in_flight.popleft()
             last = page[-1]
-            self.engine.score_due(ctx, due, stats.counts, on_outcome)
-            self.engine.scorer.settle()  # the page is written: drop what scoring kept of it
+            self.engine.collect(ctx, due, outcomes, stats.counts, on_outcome)
             days.update(window_start(i.timestamp_ms, DAY_MS) for i in page if i.trace_id in due)
             done = {d for d in days if d + DAY_MS <= last.timestamp_ms}
             self._publish(done)
@@ -266,7 +270,16 @@ class Backfill:
             self._save_record(Checkpoint(last.timestamp_ms, last.trace_id))
             self.lease.acquire(self._now_ms())  # renew: a long backfill keeps it
 
+        def score(due: Due, page: list[TraceInfo]) -> None:
+            # as a pass does: the next page's judges start while this one's are still out
+            outcomes = self.engine.scorer.score(ctx.writer, due) if due else iter(())
+            in_flight.append((due, outcomes, page))
+            while len(in_flight) > PAGES_AHEAD:
+                finish()
+
         self._walk(stats, start, score, on_page)
+        while in_flight:
+            finish()
         self._publish(days)
         self._delete_record()
         stats.complete = True

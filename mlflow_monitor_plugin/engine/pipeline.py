@@ -350,7 +350,7 @@ class MonitorEngine:
     def _finish(self, ctx: PassContext, p: PageInFlight) -> None:
         """Collect the page's verdicts, write its error feedback, export it, checkpoint it."""
         cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
-        self._collect(ctx, p.due, p.outcomes, stats)
+        self.collect(ctx, p.due, p.outcomes, stats)
         exported = export is not None
         if p.to_export and export is not None:
             batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{p.page[0].trace_id}"
@@ -415,9 +415,9 @@ class MonitorEngine:
         """Score the due (trace, judge) pairs, log their verdicts, then the error feedback of
         the failures; ``on_outcome`` sees each outcome as it arrives (a backfill's progress)."""
         if due:
-            self._collect(ctx, due, self.scorer.score(ctx.writer, due), stats, on_outcome)
+            self.collect(ctx, due, self.scorer.score(ctx.writer, due), stats, on_outcome)
 
-    def _collect(
+    def collect(
         self,
         ctx: PassContext,
         due: Due,
