@@ -1,10 +1,12 @@
-"""Provisional: ``WindowStats`` of one monitor and judge, counted from the tracking store.
+"""``WindowStats`` of one monitor and judge over a rule's window, counted from the store.
 
-Reads the window's finished traces with ``search_traces`` (request time in the window, no
-spans) and this monitor's feedback on them, recognised by the metadata scoring/feedback.py
-writes. The windows engine (``observe/``) supersedes this module: ``AlertRunner`` only needs an
-object with ``window(monitor, judge, start_ms, width_ms, now_ms)`` and ``lag_seconds(monitor,
-tags)``. Complete windows are cached for ``cache_s`` so a pass re-reads only the current one.
+Reads the window's finished traces (request time in the window, no spans) and classifies each
+with the windows engine's own ``observe.collect.outcomes``: the same verdict the quality windows
+count (the one the reconcile keeps, several parts as one), errors, and unsampled traces. A rule's
+window may be of any width, so this counts its own range rather than the hourly tallies.
+``AlertRunner`` only needs an object with ``window(monitor, judge, start_ms, width_ms, now_ms)``
+and ``lag_seconds(monitor, tags)``. Complete windows are cached for ``cache_s`` so a pass
+re-reads only the current one.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from mlflow_monitor_plugin.alerts.stats import WindowStats
 from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import NAMESPACE
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
-from mlflow_monitor_plugin.discovery.sampling import is_sampled
-from mlflow_monitor_plugin.discovery.traces import FINISHED, NOT_EVALUATION, TraceSource
+from mlflow_monitor_plugin.discovery.traces import TraceSource
+from mlflow_monitor_plugin.observe.collect import outcomes
+from mlflow_monitor_plugin.scoring.feedback import MONITOR_KEY
 
-# The metadata scoring/feedback.py writes on every feedback (tests check they agree).
-MONITOR_KEY = "mlflow_monitor.monitor_id"
+__all__ = ["MONITOR_KEY", "StoreWindows", "judge_rate"]
+
 CHECKPOINT_TAG = NAMESPACE + "checkpoint"
-PASS_VALUES = ("yes", "true", "pass", True)
-FAIL_VALUES = ("no", "false", "fail", False)
 MAX_FAILING_IDS = 5
+MAX_FAILED_PASSES = 5  # the daemon's default: whether an error is retried does not matter here
 PAGE = 500
 
 
@@ -39,25 +41,6 @@ def judge_rate(monitor: ExternalMonitor, name: str) -> float:
             rate = judge.sample_rate
             return suite.default_rate if rate is None else rate
     return suite.default_rate
-
-
-def _outcome(assessments: list[Any], monitor_id: str, judge: str) -> str | None:
-    """'pass', 'fail', 'error' or None for one trace's feedback from this monitor and judge."""
-    values, errors = [], 0
-    for a in assessments:
-        meta = getattr(a, "metadata", None) or {}
-        if a.name != judge or meta.get(MONITOR_KEY) != monitor_id or not getattr(a, "valid", True):
-            continue
-        if getattr(a, "error", None) is not None:
-            errors += 1
-            continue
-        value = getattr(a, "value", None)
-        values.append(value.lower() if isinstance(value, str) else value)
-    if values:
-        if any(v in FAIL_VALUES for v in values):
-            return "fail"
-        return "pass" if all(v in PASS_VALUES for v in values) else None
-    return "error" if errors else None
 
 
 class StoreWindows:
@@ -92,35 +75,23 @@ class StoreWindows:
         self, monitor: ExternalMonitor, judge: str | None, start_ms: int, width_ms: int
     ) -> WindowStats:
         rate = judge_rate(monitor, judge) if judge else 1.0
+        judges = ((judge, rate),) if judge else ()
         counts = {"traces": 0, "sampled": 0, "pass": 0, "fail": 0, "error": 0}
         failing: list[str] = []
-        where = (
-            f"{FINISHED} AND {NOT_EVALUATION} AND trace.timestamp_ms >= {start_ms} "
-            f"AND trace.timestamp_ms < {start_ms + width_ms}"
-        )
-        token = None
-        while True:
-            page = self.client.search_traces(
-                locations=[self.experiment_id],
-                filter_string=where,
-                max_results=PAGE,
-                page_token=token,
-                include_spans=False,
-            )
-            for trace in page:
-                info = trace.info
+        source = TraceSource(self.experiment_id, self.client)
+        for page in source.infos_after(Checkpoint(start_ms, ""), PAGE, start_ms + width_ms):
+            for info in page:
                 counts["traces"] += 1
-                if judge is None or not is_sampled(info.trace_id, monitor.monitor_id, rate):
+                if judge is None:
+                    continue
+                outcome = outcomes(info, monitor.monitor_id, judges, MAX_FAILED_PASSES)[judge]
+                if not outcome.sampled:
                     continue
                 counts["sampled"] += 1
-                outcome = _outcome(info.assessments or [], monitor.monitor_id, judge)
-                if outcome is not None:
-                    counts[outcome] += 1
-                if outcome == "fail" and len(failing) < MAX_FAILING_IDS:
+                if outcome.kind in counts:
+                    counts[outcome.kind] += 1
+                if outcome.kind == "fail" and len(failing) < MAX_FAILING_IDS:
                     failing.append(info.trace_id)
-            token = page.token
-            if not token:
-                break
         return WindowStats(
             monitor_id=monitor.monitor_id,
             judge=judge,
