@@ -136,6 +136,9 @@ def test_session_that_continues_is_judged_again_and_the_newer_verdict_supersedes
     safety = rows["conversational_safety"]
     assert safety["eligible"] == safety["scored"] == len(sessions)
     assert rows["user_frustration"]["scored"] == len(sampled)
+    # the windows of traces leave session judges out: their verdicts are the sessions'
+    window_judges = {w["judge"] for w in json.loads(status.output)["windows"]}
+    assert not window_judges & {"conversational_safety", "user_frustration"}
 
 
 @pytest.mark.slow

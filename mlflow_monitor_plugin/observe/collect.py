@@ -23,6 +23,7 @@ from mlflow_monitor_plugin.observe.windows import (
     window_start,
 )
 from mlflow_monitor_plugin.scoring.feedback import SECONDS_KEY, VERDICT_KEY, judge_states
+from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +31,15 @@ Judges = tuple[tuple[str, float], ...]  # (feedback name, sample rate) of each j
 # shared by every trace they describe: most outcomes are one of these two
 _UNSAMPLED = Outcome(sampled=False)
 _UNSCORED = Outcome(sampled=True)
+
+
+def window_judges(monitor: Any) -> Judges:
+    """(feedback name, sample rate) of the monitor's trace judges. A session judge's verdict
+    belongs to a whole session, not to the trace it is logged on, so the windows of traces
+    leave session judges out (``status`` counts them per session)."""
+    return tuple(
+        (j.name, j.rate) for j in build_judges(monitor.assessments_config) if not j.session
+    )
 
 
 def _created(assessments: Iterable[Any]) -> int | None:

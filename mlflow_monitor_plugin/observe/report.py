@@ -9,10 +9,9 @@ from typing import Any
 from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
-from mlflow_monitor_plugin.observe.collect import Judges, WindowReader
+from mlflow_monitor_plugin.observe.collect import Judges, WindowReader, window_judges
 from mlflow_monitor_plugin.observe.tracker import window_rows
 from mlflow_monitor_plugin.observe.windows import DAY_MS, HOUR_MS, WIDTHS, trend, window_start
-from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNIT_MS = {"m": 60_000, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
@@ -27,7 +26,7 @@ def parse_duration_ms(text: str) -> int:
 
 
 def judges_of(monitor: ExternalMonitor) -> Judges:
-    return tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+    return window_judges(monitor)
 
 
 def windows(

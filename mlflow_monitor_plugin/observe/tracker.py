@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.exceptions import ExportError
-from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader
+from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader, window_judges
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, window_metrics
@@ -35,7 +35,6 @@ from mlflow_monitor_plugin.observe.windows import (
     settled,
     window_start,
 )
-from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _logger = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class QualityTracker:
         since_ms = self._updated_wall_ms or wall_ms - int(stats.seconds * 1000) - 1
         self._updated_ms, self._updated_wall_ms = now_ms, wall_ms
         touched, self._pending = self._pending, {}
-        judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+        judges = window_judges(monitor)
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)
         self._reload_stale()
@@ -203,7 +202,7 @@ class QualityTracker:
         settled windows the daemon will not chart again (a judge's point is never logged
         twice). Returns the points charted."""
         wall_ms = int(self._wall() * 1000)
-        judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+        judges = window_judges(monitor)
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)
         assert self._reader is not None and self._run is not None
