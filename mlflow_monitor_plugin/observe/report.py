@@ -7,9 +7,11 @@ import re
 from typing import Any
 
 from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.observe.collect import Judges, WindowReader
+from mlflow_monitor_plugin.observe.spend import budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.tracker import window_rows
 from mlflow_monitor_plugin.observe.windows import DAY_MS, HOUR_MS, WIDTHS, trend, window_start
 from mlflow_monitor_plugin.scoring.judges import build_judges
@@ -47,7 +49,11 @@ def windows(
     if judge_names:
         judges = tuple(j for j in judges if j[0] in set(judge_names))
     source = source or TraceSource(monitor.experiment_id)
-    reader = WindowReader(source, monitor.monitor_id, judges, max_failed_passes)
+    schedule = schedule_of(MonitorTags(), monitor.experiment_id, monitor.monitor_id)
+    llm = frozenset(j.name for j in build_judges(monitor.assessments_config) if j.is_llm)
+    reader = WindowReader(
+        source, monitor.monitor_id, judges, max_failed_passes, rate_of=budget_rates(schedule, llm)
+    )
     rows = []
     first = window_start(since_ms, DAY_MS)
     for day_start in range(first, now_ms + 1, DAY_MS):

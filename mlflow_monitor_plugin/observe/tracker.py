@@ -19,12 +19,14 @@ from typing import Any
 from mlflow.entities import Metric
 
 from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.exceptions import ExportError
 from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun
+from mlflow_monitor_plugin.observe.spend import RateSchedule, budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
     HOUR_MS,
@@ -125,6 +127,8 @@ class QualityTracker:
         self._pending: dict[str, int] = {}  # touched by passes since the last update
         self._updated_ms: int | None = None  # the engine's time of the last update
         self._updated_wall_ms: int | None = None
+        self._schedule = RateSchedule()  # a daily budget's steps (observe/spend.py)
+        self._budgeted: frozenset[str] = frozenset()  # the judges a budget lowers: LLM ones
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
         """A new monitor, or its judges or rates changed: start from the store again."""
@@ -132,7 +136,11 @@ class QualityTracker:
         self.days.clear()
         self._unexported.clear()
         self._reader = WindowReader(
-            self.source, monitor.monitor_id, judges, self.settings.max_failed_passes
+            self.source,
+            monitor.monitor_id,
+            judges,
+            self.settings.max_failed_passes,
+            rate_of=self._rate_of,
         )
         self._run = MetricsRun(self.client, self.experiment_id, monitor.monitor_id)
 
@@ -162,9 +170,14 @@ class QualityTracker:
         since_ms = self._updated_wall_ms or wall_ms - int(stats.seconds * 1000) - 1
         self._updated_ms, self._updated_wall_ms = now_ms, wall_ms
         touched, self._pending = self._pending, {}
-        judges = tuple((j.name, j.rate) for j in build_judges(monitor.assessments_config))
+        specs = build_judges(monitor.assessments_config)
+        judges = tuple((j.name, j.rate) for j in specs)
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)
+        self._budgeted = frozenset(j.name for j in specs if j.is_llm)
+        self._schedule = schedule_of(
+            MonitorTags(self.client), self.experiment_id, monitor.monitor_id
+        )
         self._count(self._update(touched), since_ms)
         if self.settings.export:
             self._export(monitor, judges, wall_ms)
@@ -172,6 +185,9 @@ class QualityTracker:
         horizon = now_ms - int(self.settings.late_window_s * 1000) - DAY_MS
         for start in [s for s in self.days if s + DAY_MS < horizon]:
             del self.days[start]
+
+    def _rate_of(self, judge: str, rate: float, timestamp_ms: int) -> float:
+        return budget_rates(self._schedule, self._budgeted)(judge, rate, timestamp_ms)
 
     def _update(self, touched: dict[str, int]) -> dict[str, dict[str, Outcome]]:
         """Bring the touched days up to date; the touched traces' outcomes now."""

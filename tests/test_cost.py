@@ -1,0 +1,163 @@
+"""Judge cost: tokens per verdict through the proxy, prices, windows' cost, the daily budget."""
+
+import hashlib
+import json
+import logging
+import time
+
+import pytest
+from mlflow.genai.judges.utils import get_default_model
+
+from mlflow_monitor_plugin import create_external_monitor
+from mlflow_monitor_plugin.config.tags import MonitorTags
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
+from mlflow_monitor_plugin.observe.report import windows
+from mlflow_monitor_plugin.observe.spend import BUDGET_TAG, DAY_MS
+from mlflow_monitor_plugin.scoring import usage
+from mlflow_monitor_plugin.scoring.feedback import MONITOR_KEY
+from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
+from tests.history import log_trace_at
+from tests.traces_factory import feedback_by_trace, log_traces
+
+FAST = ScoringSettings(workers=4, attempts=2, backoff_s=0.01, backoff_max_s=0.05)
+SETTINGS = EngineSettings(export=False, windows=False, scoring=FAST, sweep_every_s=0, page_size=5)
+PROXY = ProxySettings(backoff_s=0.01, backoff_max_s=0.02)
+PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
+
+
+def _prompt_usage(request):
+    """Tokens that depend on the prompt: each verdict's sum is checkable."""
+    prompt = len(json.dumps(request.get("messages", []))) // 4
+    return {"prompt_tokens": prompt, "completion_tokens": 7, "total_tokens": prompt + 7}
+
+
+def _digest(request):
+    return hashlib.sha256(json.dumps(request.get("messages", [])).encode()).hexdigest()[:8]
+
+
+def _verdicts(experiment_id, monitor_id):
+    return [
+        a
+        for assessments in feedback_by_trace(experiment_id).values()
+        for a in assessments
+        if (a.metadata or {}).get(MONITOR_KEY) == monitor_id and a.error is None
+    ]
+
+
+def _monitor(cost, sample=1.0):
+    return create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"sample": sample, "assessments": [{"name": "safety"}]}, cost=cost,
+    )  # fmt: skip
+
+
+def test_verdicts_carry_the_tokens_of_all_their_calls_and_windows_sum_their_cost(
+    sqlite_experiment_id, fake_judge
+):
+    fake_judge.behaviour.usage = _prompt_usage
+    fake_judge.behaviour.scripted = ["malformed"]  # the first reply is unparseable: retried
+    log_traces(4, retriever=False)
+    m = _monitor({"prices": {get_default_model(): PRICE}})
+    with judge_proxy(PROXY):
+        _run(sqlite_experiment_id)
+
+    found = _verdicts(sqlite_experiment_id, m.monitor_id)
+    assert len(found) == 4
+    expected_cost = 0.0
+    for verdict in found:
+        digest = verdict.rationale.rsplit("(", 1)[1].rstrip(")")
+        calls = [_prompt_usage(r) for r in fake_judge.requests if _digest(r) == digest]
+        meta = verdict.metadata
+        assert int(meta[usage.PROMPT_TOKENS_KEY]) == sum(c["prompt_tokens"] for c in calls)
+        assert int(meta[usage.COMPLETION_TOKENS_KEY]) == 7 * len(calls)
+        assert int(meta[usage.CALLS_KEY]) == len(calls)
+        cost = sum(c["prompt_tokens"] * 1e-6 + c["completion_tokens"] * 2e-6 for c in calls)
+        assert float(meta[usage.COST_KEY]) == pytest.approx(cost)
+        assert meta[usage.PRICE_SOURCE_KEY] == "config"
+        expected_cost += cost
+    assert sorted(int(v.metadata[usage.CALLS_KEY]) for v in found) == [1, 1, 1, 2]
+    # our header names the call to the proxy and never reaches the judge
+    assert not any(usage.CALL_HEADER.lower() in map(str.lower, h) for h in fake_judge.headers)
+
+    now = int(time.time() * 1000)
+    (row,) = windows(m, now - DAY_MS, now, "1d")
+    assert row["judge_tokens"] == sum(int(v.metadata[usage.TOTAL_TOKENS_KEY]) for v in found)
+    assert row["judge_cost_usd"] == pytest.approx(expected_cost)
+    assert row["judge_cost_unknown"] == 0
+    assert row["effective_rate"] == 1.0
+
+
+def test_an_endpoint_without_usage_leaves_tokens_and_cost_unknown(sqlite_experiment_id, fake_judge):
+    fake_judge.behaviour.usage = lambda request: None
+    log_traces(3, retriever=False)
+    m = _monitor(None)
+    with judge_proxy(PROXY):
+        _run(sqlite_experiment_id)
+    found = _verdicts(sqlite_experiment_id, m.monitor_id)
+    assert len(found) == 3
+    assert not any(usage.TOTAL_TOKENS_KEY in v.metadata or usage.COST_KEY in v.metadata
+                   for v in found)  # fmt: skip
+    now = int(time.time() * 1000)
+    (row,) = windows(m, now - DAY_MS, now, "1d")
+    assert row["judge_cost_usd"] is None
+    assert row["judge_cost_unknown"] == 3
+
+
+def test_the_model_catalog_prices_a_judge_without_a_fetch(sqlite_experiment_id, fake_judge):
+    log_traces(1, retriever=False)
+    m = _monitor(None)
+    with judge_proxy(PROXY):
+        _run(sqlite_experiment_id)
+    (verdict,) = _verdicts(sqlite_experiment_id, m.monitor_id)
+    assert verdict.metadata[usage.PRICE_SOURCE_KEY] == "mlflow-catalog"
+    assert float(verdict.metadata[usage.COST_KEY]) > 0
+
+
+def _run(experiment_id):
+    """One pass of a daemon that then stops (and gives its lease back)."""
+    engine = MonitorEngine.create(experiment_id, SETTINGS)
+    try:
+        return engine.run_pass()
+    finally:
+        engine.release_lease()
+
+
+def _day_start(days_ago):
+    now = int(time.time() * 1000)
+    return now - now % DAY_MS - days_ago * DAY_MS
+
+
+def test_a_budget_stops_a_day_at_its_calls_and_the_next_day_starts_at_the_full_rate(
+    sqlite_experiment_id, fake_judge, caplog
+):
+    fake_judge.behaviour.usage = lambda r: {"prompt_tokens": 100, "completion_tokens": 20}
+    per_call = 100 * 1e-6 + 20 * 2e-6
+    yesterday = _day_start(1)
+    ids = [log_trace_at(yesterday + DAY_MS - 3_600_000 + i * 1000, f"y{i}") for i in range(30)]
+    m = _monitor({"daily_budget_usd": 10.5 * per_call, "prices": {get_default_model(): PRICE}})
+    with judge_proxy(PROXY), caplog.at_level(logging.WARNING):
+        _run(sqlite_experiment_id)
+        scored = len(_verdicts(sqlite_experiment_id, m.monitor_id))
+        # 10 calls fit; the pages in flight before the first cost came back may add to them
+        in_flight = 2 * SETTINGS.page_size
+        assert 10 <= scored <= 10 + in_flight
+        assert "binds" in caplog.text
+
+        # a restarted daemon derives the day's spend from the store and its sweep adds nothing
+        _run(sqlite_experiment_id)
+        assert len(_verdicts(sqlite_experiment_id, m.monitor_id)) == scored
+
+        today = _day_start(0)
+        new = [log_trace_at(today + i * 1000, f"t{i}") for i in range(6)]
+        _run(sqlite_experiment_id)
+    on_new = [v for v in _verdicts(sqlite_experiment_id, m.monitor_id) if v.trace_id in new]
+    assert len(on_new) == 6  # a new day: the configured rate again
+
+    stored = MonitorTags().read_json(sqlite_experiment_id, BUDGET_TAG)
+    assert stored["monitor_id"] == m.monitor_id and stored["steps"][-1][1] == 0.0
+    (row,) = windows(m, yesterday, yesterday + DAY_MS - 1, "1d")
+    assert row["eligible"] == len(ids)
+    assert row["sampled"] == row["verdicts"] == scored  # the others: not sampled, not unscored
+    assert row["effective_rate"] < 1.0
+    assert row["judge_cost_usd"] == pytest.approx(scored * per_call)
