@@ -19,6 +19,7 @@ from mlflow_monitor_plugin.cli import export as cli_export
 from mlflow_monitor_plugin.cli import judges as cli_judges
 from mlflow_monitor_plugin.cli import quality as cli_quality
 from mlflow_monitor_plugin.cli import run as cli_run
+from mlflow_monitor_plugin.cli.cost import cost_for_cli, cost_options
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import api
 from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, ExternalMonitor
@@ -150,6 +151,7 @@ def monitor() -> None:
 @click.option("--export-uri", help="Export location: a local path or a URI pyarrow understands.")
 @suite_options
 @cli_alerts.alert_option
+@cost_options
 @output_option
 @handle_errors
 def create_command(
@@ -165,6 +167,10 @@ def create_command(
     model: str | None,
     paused: bool,
     alert_specs: tuple[str, ...],
+    daily_budget_usd: str | None,
+    call_cost_usd: str | None,
+    prices: tuple[str, ...],
+    pace: bool | None,
     output: str,
 ) -> None:
     """Create the monitor of an experiment.
@@ -175,6 +181,7 @@ def create_command(
       mlflow monitor create -x 1 --guideline "mlflow_only=Refuse questions unrelated to MLflow."
       mlflow monitor create -x 1 -f examples/monitor.yaml
       mlflow monitor create -x 1 --judge safety --alert "safety.pass_rate<0.95 over 1h"
+      mlflow monitor create -x 1 --judge safety --daily-budget-usd 5
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
@@ -189,6 +196,7 @@ def create_command(
         experiment_name=experiment_name,
         export_uri=export_uri or file_args.get("export_uri"),
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
+        cost=cost_for_cli(data, None, daily_budget_usd, call_cost_usd, prices, pace),
     )
     print_monitor(created, output)
 
@@ -214,6 +222,7 @@ def get_command(experiment_id: str | None, experiment_name: str | None, output: 
 @experiment_options
 @suite_options
 @cli_alerts.alert_option
+@cost_options
 @output_option
 @handle_errors
 def update_command(
@@ -226,15 +235,21 @@ def update_command(
     model: str | None,
     paused: bool,
     alert_specs: tuple[str, ...],
+    daily_budget_usd: str | None,
+    call_cost_usd: str | None,
+    prices: tuple[str, ...],
+    pace: bool | None,
     output: str,
 ) -> None:
     """Replace the monitor's assessments config whole. The export location stays.
 
-    Alert rules stay unless --alert or the file's 'alerts' key gives new ones.
+    Alert rules stay unless --alert or the file's 'alerts' key gives new ones; the cost
+    settings stay unless a cost flag or the file's 'cost' key changes them.
 
     \b
     Example:
       mlflow monitor update -x 1 --judge safety --sample 0.2
+      mlflow monitor update -x 1 --judge safety --daily-budget-usd 2.5 --price gpt-4.1-mini=0.4,1.6
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
@@ -245,6 +260,7 @@ def update_command(
         assessments_config=suite,
         experiment_id=before.experiment_id,
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
+        cost=cost_for_cli(data, before.cost, daily_budget_usd, call_cost_usd, prices, pace),
     )
     print_monitor(updated, output)
     added = api.added_judges(before, updated)

@@ -20,6 +20,12 @@ from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
 from mlflow_monitor_plugin.observe.report import last_windows
+from mlflow_monitor_plugin.observe.spend import (
+    BUDGET_TAG,
+    RateSchedule,
+    budget_rates,
+    schedule_of,
+)
 from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states, session_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
@@ -109,6 +115,11 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
     judges = [j for j in all_judges if not j.session]
     counts = {j.name: Counter() for j in all_judges}
+    budget = engine.tags.read_json(monitor.experiment_id, BUDGET_TAG)
+    rate_of = budget_rates(
+        schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
+        frozenset(j.name for j in all_judges if j.is_llm),
+    )
     for page in source.infos_after(None, 500):
         filters = {j.filter_string for j in judges if j.filter_string}
         matching = {f: source.matching(page, f) for f in filters}
@@ -122,7 +133,8 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
                     continue
                 c = counts[judge.name]
                 c["eligible"] += 1
-                if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
+                rate = rate_of(judge.name, judge.rate, info.timestamp_ms)
+                if not is_sampled(info.trace_id, monitor.monitor_id, rate):
                     continue
                 c["sampled"] += 1
                 state = states.get(judge.name)
@@ -154,7 +166,29 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
             for j in all_judges
         ],
         "windows": windows,
+        "budget": _budget_fields(monitor, budget),
     }  # fmt: skip
+
+
+def _budget_fields(monitor: Any, stored: Any) -> dict[str, Any] | None:
+    """The daily budget as the daemon last saved it: the day's spend, the rate's factor now."""
+    limit = monitor.cost.daily_budget_usd
+    if limit is None:
+        return None
+    mine = isinstance(stored, dict) and stored.get("monitor_id") == monitor.monitor_id
+    stored = stored if mine else {}
+    now = int(time.time() * 1000)
+    factor = RateSchedule.from_list(stored.get("steps")).factor(now) if stored else 1.0
+    return {
+        "daily_budget_usd": limit,
+        "day": stored.get("day_ms"),
+        "spent_usd": stored.get("spent_usd"),
+        "rate_factor_now": factor,
+        "binding_since_ms": stored.get("binding_since_ms"),
+        "enforced": stored.get("enforced", True),
+        "reason": stored.get("reason"),
+        "pace": monitor.cost.pace,
+    }
 
 
 def _source_fields(judge: JudgeSpec) -> dict[str, str]:

@@ -130,7 +130,8 @@ TABLE_COLUMNS = [
 def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> list[dict]:
     """For ``status``: each judge's latest hourly window with traces (today or yesterday)."""
     rows = windows(monitor, window_start(now_ms, DAY_MS) - DAY_MS, now_ms, "1h", source=source)
-    latest = {judge: judge_rows[-1] for judge, judge_rows in by_judge(rows).items()}
+    grouped = by_judge(rows)
+    today = window_start(now_ms, DAY_MS)
     return [
         {
             "judge": judge,
@@ -141,6 +142,18 @@ def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> l
             if row["pass_rate_low95"] is None
             else f"{_pct(row['pass_rate_low95'])}–{_pct(row['pass_rate_high95'])}",
             "errors": row["errors"],
+            "effective_rate": round(row["effective_rate"], 6),
+            **cost_of_rows([r for r in grouped[judge] if r["window_start_ms"] >= today]),
         }
-        for judge, row in latest.items()
+        for judge, row in ((j, judge_rows[-1]) for j, judge_rows in grouped.items())
     ]
+
+
+def cost_of_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tokens and cost summed over windows: ``cost_usd`` None when no verdict had a price."""
+    costs = [r["judge_cost_usd"] for r in rows if r["judge_cost_usd"] is not None]
+    return {
+        "tokens_today": sum(r["judge_tokens"] for r in rows),
+        "cost_today_usd": round(sum(costs), 8) if costs else None,
+        "cost_unknown_today": sum(r["judge_cost_unknown"] for r in rows),
+    }
