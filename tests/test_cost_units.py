@@ -177,3 +177,28 @@ def test_pace_stops_when_the_next_call_does_not_fit_and_spreads_the_rest_of_the_
         pytest.approx(0.5)
     )
     assert pace(10.0, DaySpend(D, usd=0.5, traces=100), D + 12 * HOUR_MS, 0.01, 0.01) == 1.0
+
+
+def test_a_budget_factor_rule_fires_while_the_budget_binds():
+    from mlflow_monitor_plugin.alerts.evaluate import evaluate
+    from mlflow_monitor_plugin.config.alerts import rules_from
+    from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, ExternalMonitor
+    from mlflow_monitor_plugin.observe.spend import BUDGET_TAG, TAG_PREFIX, budget_factor
+
+    (rule,) = rules_from(["budget_factor<1"], ["safety"])
+    assert rule.describe() == "budget_factor<1"
+    assert evaluate(rule, None, None, budget_factor=0.25).breach
+    assert evaluate(rule, None, None, budget_factor=1.0).clear
+    assert not evaluate(rule, None, None, budget_factor=None).judged
+
+    suite = AssessmentsSuiteConfig.from_dict({"assessments": [{"name": "safety"}]})
+    m = ExternalMonitor(
+        "1", suite, "w", "d", "/tmp/x", "m1", cost=cost_from({"daily_budget_usd": 1})
+    )
+    steps = json.dumps({"monitor_id": "m1", "steps": [[D + HOUR_MS, 0.5]]})
+    tags = {TAG_PREFIX + BUDGET_TAG: steps}
+    assert budget_factor(m, tags, D + 2 * HOUR_MS) == 0.5
+    assert budget_factor(m, tags, D + DAY_MS) == 1.0
+    assert budget_factor(m, {}, D) == 1.0
+    m.cost = cost_from(None)
+    assert budget_factor(m, tags, D + 2 * HOUR_MS) is None

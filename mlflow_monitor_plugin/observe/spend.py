@@ -14,11 +14,13 @@ one day's traces, which is what a window of that day reports (``DaySpend``).
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 BUDGET_TAG = "budget"  # the experiment tag mlflow_monitor.budget: the steps, for this monitor
+TAG_PREFIX = "mlflow_monitor."  # config/tags.py's NAMESPACE
 DAY_MS = 86_400_000
 MIN_FACTOR = 1 / 1024  # below this the budget stops judging for the rest of the day
 HOUR_MS = 3_600_000
@@ -161,3 +163,17 @@ def budget_rates(
         return rate * schedule.factor(timestamp_ms)
 
     return rate_of
+
+
+def budget_factor(monitor: Any, tags: dict[str, str], now_ms: int) -> float | None:
+    """The daily budget's factor on the sample rates at ``now_ms``, from the experiment's tags
+    as read (``tags``: name -> value); None when the monitor has no budget."""
+    if monitor.cost.daily_budget_usd is None:
+        return None
+    try:
+        stored = json.loads(tags.get(TAG_PREFIX + BUDGET_TAG) or "null")
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict) or stored.get("monitor_id") != monitor.monitor_id:
+        return 1.0
+    return RateSchedule.from_list(stored.get("steps")).factor(now_ms)
