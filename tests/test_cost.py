@@ -161,3 +161,37 @@ def test_a_budget_stops_a_day_at_its_calls_and_the_next_day_starts_at_the_full_r
     assert row["sampled"] == row["verdicts"] == scored  # the others: not sampled, not unscored
     assert row["effective_rate"] < 1.0
     assert row["judge_cost_usd"] == pytest.approx(scored * per_call)
+
+
+def test_plan_predicts_the_calls_the_daemon_then_makes_and_prices_them(
+    sqlite_experiment_id, fake_judge
+):
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin.cli.main import monitor as cli
+
+    log_traces(20, retriever=False)
+    _monitor({"prices": {get_default_model(): PRICE}, "daily_budget_usd": 1.0}, 0.5)
+    result = CliRunner().invoke(
+        cli, ["plan", "-x", sqlite_experiment_id, "--output", "json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    (row,) = plan["judges"]
+    measured = fake_judge.count("ok")  # the few real calls that measured the tokens
+    assert row["basis"] == f"measured ({measured} calls)" and measured == 3
+    assert row["tokens_per_call"] == 20 and row["usd_per_call"] == pytest.approx(30e-6)
+
+    with judge_proxy(PROXY):
+        _run(sqlite_experiment_id)
+    calls = fake_judge.count("ok") - measured
+    assert row["calls_per_day"] == calls == row["scored_per_day"]  # exact: the same hash
+    assert row["usd_per_day"] == pytest.approx(calls * 30e-6)
+    assert plan["budget_binds"] is False
+
+    # now from the verdicts' recorded usage, without a call
+    again = json.loads(
+        CliRunner().invoke(cli, ["plan", "-x", sqlite_experiment_id, "--output", "json"]).output
+    )
+    assert again["judges"][0]["basis"] == "recent usage"
+    assert fake_judge.count("ok") == measured + calls

@@ -275,7 +275,7 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
                     "cost_unknown_today"])  # fmt: skip
     budget = status.get("budget")
     if budget:
-        spent = "-" if budget["spent_usd"] is None else f"${budget['spent_usd']:.4f}"
+        spent = "-" if budget["spent_usd"] is None else f"${budget['spent_usd']:.6f}"
         state = "enforced" if budget["enforced"] else f"NOT enforced: {budget['reason']}"
         click.echo(
             f"{'daily budget:':<19}${budget['daily_budget_usd']:g}, spent {spent}, sample rates "
