@@ -195,3 +195,32 @@ def test_plan_predicts_the_calls_the_daemon_then_makes_and_prices_them(
     )
     assert again["judges"][0]["basis"] == "recent usage"
     assert fake_judge.count("ok") == measured + calls
+
+
+@pytest.mark.slow
+def test_scoring_processes_take_their_verdicts_usage_from_the_daemons_proxy(
+    sqlite_experiment_id, fake_judge
+):
+    from mlflow_monitor_plugin.scoring.pool import make_scorer
+
+    fake_judge.behaviour.usage = _prompt_usage
+    log_traces(4, retriever=False)
+    m = _monitor({"prices": {get_default_model(): PRICE}})
+    settings = EngineSettings(**{**SETTINGS.__dict__, "scoring": ScoringSettings(
+        workers=2, attempts=2, backoff_s=0.01, processes=1)})  # fmt: skip
+    with judge_proxy(PROXY):
+        scorer = make_scorer(settings.scoring)
+        try:
+            engine = MonitorEngine.create(sqlite_experiment_id, settings, scorer=scorer)
+            engine.run_pass()
+        finally:
+            scorer.close()
+    found = _verdicts(sqlite_experiment_id, m.monitor_id)
+    assert len(found) == 4
+    for verdict in found:
+        digest = verdict.rationale.rsplit("(", 1)[1].rstrip(")")
+        calls = [_prompt_usage(r) for r in fake_judge.requests if _digest(r) == digest]
+        assert int(verdict.metadata[usage.TOTAL_TOKENS_KEY]) == sum(
+            c["total_tokens"] for c in calls
+        )
+        assert usage.COST_KEY in verdict.metadata
