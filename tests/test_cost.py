@@ -88,12 +88,17 @@ def test_verdicts_carry_the_tokens_of_all_their_calls_and_windows_sum_their_cost
     assert row["effective_rate"] == 1.0
 
 
-def test_an_endpoint_without_usage_leaves_tokens_and_cost_unknown(sqlite_experiment_id, fake_judge):
+def test_an_endpoint_without_usage_leaves_tokens_and_cost_unknown(
+    sqlite_experiment_id, fake_judge, caplog
+):
     fake_judge.behaviour.usage = lambda request: None
     log_traces(3, retriever=False)
-    m = _monitor(None)
-    with judge_proxy(PROXY):
+    m = _monitor({"daily_budget_usd": 1e-9})  # that no verdict's cost can be counted against
+    with judge_proxy(PROXY), caplog.at_level(logging.WARNING):
         _run(sqlite_experiment_id)
+        _run(sqlite_experiment_id)
+    refusals = [r for r in caplog.records if "is not enforced" in r.getMessage()]
+    assert len(refusals) == 1 and "returned no token usage" in refusals[0].getMessage()
     found = _verdicts(sqlite_experiment_id, m.monitor_id)
     assert len(found) == 3
     assert not any(usage.TOTAL_TOKENS_KEY in v.metadata or usage.COST_KEY in v.metadata
@@ -224,3 +229,14 @@ def test_scoring_processes_take_their_verdicts_usage_from_the_daemons_proxy(
             c["total_tokens"] for c in calls
         )
         assert usage.COST_KEY in verdict.metadata
+
+
+def test_a_stated_call_cost_budgets_an_endpoint_without_usage(sqlite_experiment_id, fake_judge):
+    fake_judge.behaviour.usage = lambda request: None
+    end_of_yesterday = _day_start(0) - 3_600_000
+    for i in range(12):
+        log_trace_at(end_of_yesterday + i * 1000, f"y{i}")
+    m = _monitor({"daily_budget_usd": 0.0045, "call_cost_usd": 0.001})
+    with judge_proxy(PROXY):
+        _run(sqlite_experiment_id)
+    assert len(_verdicts(sqlite_experiment_id, m.monitor_id)) == 4  # known in advance: exact

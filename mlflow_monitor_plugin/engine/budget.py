@@ -129,14 +129,18 @@ class Budget:
         self._reserved: dict[tuple[str, str], _Reservation] = {}
         self._said: set[str] = set()
         self._refused: str | None = None
+        self._no_usage: str | None = None  # a judge returned no usage and no call cost is stated
         self._binding_since: int | None = None
         self._dirty = False
+        self._raise_from_zero = False  # the budget changed: a stopped day may resume
 
     # -- the pass ------------------------------------------------------------------------
     def start(self, monitor: ExternalMonitor, judges: list[JudgeSpec]) -> list[JudgeSpec]:
         """Read the monitor's budget at a pass's start; returns the judges, priced."""
         if self.book is None or self.monitor is None or self.monitor.cost != monitor.cost:
             self.book = PriceBook(monitor.cost.prices)
+            self._raise_from_zero = self.monitor is not None
+            self._no_usage = None
         if self.monitor is None or self.monitor.monitor_id != monitor.monitor_id:
             self._load_schedule(monitor.monitor_id)
             self.days.clear()
@@ -193,14 +197,14 @@ class Budget:
         day.reserved -= held.usd
         cost, known = verdict_cost(verdict.metadata, self._call_cost, verdict.ok)
         if not known and verdict.ok:
-            self._no_usage(verdict.judge.name)
+            self._say_no_usage(verdict.judge.name)
         day.add(cost)
         self._dirty = True
         if cost is not None and verdict.ok:
             per = self._per_judge.setdefault(verdict.judge.name, _JudgeCost())
             per.usd, per.calls = per.usd + cost, per.calls + 1
         if cost is None and self.enforced:
-            self._refused = (
+            self._no_usage = self._refused = (
                 f"cost.daily_budget_usd is not enforced: judge {verdict.judge.name} returned no "
                 "token usage (or its model has no price) and no cost.call_cost_usd is stated"
             )
@@ -265,9 +269,11 @@ class Budget:
         self._save()  # before any pair sampled under the new step is scored
 
     def _may_raise(self, stamp: int, current: float) -> bool:
-        """Raise the factor again (less traffic than foreseen) at most hourly, never from 0."""
+        """Raise the factor again (less traffic than foreseen) at most hourly; from 0 (the day
+        stopped) only after the budget was changed."""
         if current == 0:
-            return False
+            allowed, self._raise_from_zero = self._raise_from_zero, False
+            return allowed
         last = self.schedule.steps[-1][0] if self.schedule.steps else 0
         return stamp - last >= HOUR_MS
 
@@ -297,6 +303,8 @@ class Budget:
     def _refusal(self) -> str | None:
         if not self.active or self._call_cost is not None:
             return None
+        if self._no_usage:
+            return self._no_usage
         unpriced = [j for j in self.judges if j.is_llm and j.price is None]
         if unpriced:
             names = ", ".join(f"{j.name} ({j.model or _default_model()})" for j in unpriced)
@@ -306,7 +314,7 @@ class Budget:
             )
         return None
 
-    def _no_usage(self, judge_name: str) -> None:
+    def _say_no_usage(self, judge_name: str) -> None:
         if self._call_cost is not None:
             self._say_once(
                 f"Judge {judge_name} returned no token usage: the daily budget counts its calls "
