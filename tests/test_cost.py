@@ -169,7 +169,7 @@ def test_a_budget_stops_a_day_at_its_calls_and_the_next_day_starts_at_the_full_r
 
 
 def test_plan_predicts_the_calls_the_daemon_then_makes_and_prices_them(
-    sqlite_experiment_id, fake_judge
+    sqlite_experiment_id, fake_judge, tmp_path
 ):
     from click.testing import CliRunner
 
@@ -200,6 +200,13 @@ def test_plan_predicts_the_calls_the_daemon_then_makes_and_prices_them(
     )
     assert again["judges"][0]["basis"] == "recent usage"
     assert fake_judge.count("ok") == measured + calls
+
+    # a proposed config: the rate it would have, on the same traces
+    proposal = tmp_path / "new.yaml"
+    proposal.write_text("assessments_config: {sample: 1.0, assessments: [{name: safety}]}\n")
+    args = ["plan", "-x", sqlite_experiment_id, "--config", str(proposal), "--output", "json"]
+    (row,) = json.loads(CliRunner().invoke(cli, args).output)["judges"]
+    assert row["scored_per_day"] == row["traces"] == 20 and row["exact"]
 
 
 @pytest.mark.slow

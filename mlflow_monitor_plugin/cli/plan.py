@@ -121,6 +121,19 @@ def proposed(
     return ExternalMonitor(experiment_id, suite, "w", "d", "", "", cost=cost or CostConfig())
 
 
+def _read_file(path: Path) -> dict[str, Any]:
+    """A config file as ``create -f`` reads it: YAML (JSON is YAML), a mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise click.BadParameter(f"{path} is neither valid YAML nor JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
 @click.command("plan")
 @experiment_options
 @click.option(
@@ -168,7 +181,6 @@ def plan_command(
       mlflow monitor plan -x 1 --config new.yaml --over 7d --output json
     """
     from mlflow_monitor_plugin.cli.cost import cost_for_cli
-    from mlflow_monitor_plugin.cli.main import _read_file, build_suite
 
     exp = api.resolve_experiment_id(experiment_id, experiment_name)
     try:
@@ -181,7 +193,7 @@ def plan_command(
         monitor = current
     else:
         data = _read_file(config_file)
-        suite = AssessmentsSuiteConfig.from_dict(build_suite(data, (), (), None, None, False))
+        suite = AssessmentsSuiteConfig.from_dict(data.get("assessments_config", data))
         cost = cost_for_cli(data, current.cost if current else None, None, None, (), None)
         monitor = proposed(current, exp, suite, cost)
     print_plan(compute(monitor, current is not None, over, measure_n), output)
