@@ -8,6 +8,8 @@ environment has it, for this checkout and, given ``--baseline PATH`` (a checkout
 commit), for that one; it prints the wall time of each and the warnings they logged.
 
     python benchmarks/bench_cost.py --traces 20 --baseline /tmp/cost-base
+    python benchmarks/bench_cost.py --traces 20 --baseline /tmp/cost-base --processes 2
+    python benchmarks/bench_cost.py --traces 400 --baseline /tmp/cost-base --catalog-off
 
 The machine's network decides what "no network" is: here, a sandbox whose DNS fails.
 """
@@ -52,7 +54,9 @@ print(exp)
     return uri, out.stdout.strip().splitlines()[-1]
 
 
-def first_pass(checkout: Path, uri: str, experiment_id: str, judge_url: str) -> dict:
+def first_pass(
+    checkout: Path, uri: str, experiment_id: str, judge_url: str, processes: int, catalog_off: bool
+) -> dict:
     env = base_env(
         MLFLOW_TRACKING_URI=uri,
         PYTHONPATH=str(checkout),
@@ -60,8 +64,10 @@ def first_pass(checkout: Path, uri: str, experiment_id: str, judge_url: str) -> 
         OPENAI_BASE_URL=judge_url,
         OPENAI_API_KEY="sk-bench",
     )
-    env.pop("MLFLOW_MODEL_CATALOG_URI", None)  # as a user's environment has it
-    command = [PYTHON, "-m", "mlflow_monitor_plugin.cli", "run", "--once", "-x", experiment_id]
+    if not catalog_off:
+        env.pop("MLFLOW_MODEL_CATALOG_URI", None)  # as a user's environment has it
+    command = [PYTHON, "-m", "mlflow_monitor_plugin.cli", "run", "--once", "-x", experiment_id,
+               "--processes", str(processes)]  # fmt: skip
     started = time.monotonic()
     out = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True)
     seconds = time.monotonic() - started
@@ -79,6 +85,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--traces", type=int, default=20)
     parser.add_argument("--baseline", type=Path, help="a checkout of the commit to compare with")
+    parser.add_argument("--processes", type=int, default=0, help="the daemon's --processes")
+    parser.add_argument(
+        "--catalog-off",
+        action="store_true",
+        help="set MLFLOW_MODEL_CATALOG_URI='' for both: what the cost accounting itself costs",
+    )
     args = parser.parse_args()
     results = []
     judge = JudgeProcess()
@@ -89,10 +101,14 @@ def main() -> None:
                 root.mkdir()
                 uri, experiment_id = prepare(root, args.traces)
                 progress(f"first pass of {checkout} on {args.traces} traces")
-                results.append(first_pass(checkout, uri, experiment_id, judge.url))
+                results.append(
+                    first_pass(
+                        checkout, uri, experiment_id, judge.url, args.processes, args.catalog_off
+                    )
+                )
     finally:
         judge.stop()
-    print(json.dumps({"traces": args.traces, "results": results}, indent=2))
+    print(json.dumps({**vars(args), "baseline": str(args.baseline), "results": results}, indent=2))
 
 
 if __name__ == "__main__":
