@@ -247,3 +247,22 @@ def test_a_stated_call_cost_budgets_an_endpoint_without_usage(sqlite_experiment_
     with judge_proxy(PROXY):
         _run(sqlite_experiment_id)
     assert len(_verdicts(sqlite_experiment_id, m.monitor_id)) == 4  # known in advance: exact
+
+
+def test_create_with_plan_asks_first_and_yes_skips_the_question(sqlite_experiment_id):
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin import get_external_monitor
+    from mlflow_monitor_plugin.cli.main import monitor as cli
+    from mlflow_monitor_plugin.exceptions import MonitorNotFoundError
+
+    log_traces(3, retriever=False)
+    args = ["create", "-x", sqlite_experiment_id, "--judge", "pii_detection", "--plan"]
+    declined = CliRunner().invoke(cli, args, input="n\n")
+    assert declined.exit_code == 1 and "Apply this config?" in declined.output
+    assert "pii_detection" in declined.output and "no LLM call" in declined.output
+    with pytest.raises(MonitorNotFoundError):
+        get_external_monitor(experiment_id=sqlite_experiment_id)
+    accepted = CliRunner().invoke(cli, [*args, "--yes"])
+    assert accepted.exit_code == 0, accepted.output
+    assert get_external_monitor(experiment_id=sqlite_experiment_id).monitor_id
