@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlflow.entities import TraceInfo
@@ -107,7 +107,6 @@ class BudgetStatus:
     binding_since_ms: int | None = None
     enforced: bool = True
     reason: str | None = None
-    per_call: dict[str, float] = field(default_factory=dict)
 
 
 class Budget:
@@ -217,7 +216,12 @@ class Budget:
                 self.days[held.day].reserved -= held.usd
         self._reserved.clear()
         if self._dirty:
-            self._save()
+            try:
+                self._save()
+            except Exception as e:  # the day's spend for `status` only: the next pass saves it
+                _logger.warning(
+                    "Could not save the budget of experiment %s: %s", self.experiment_id, e
+                )
         horizon = max(self.days, default=0) - 2 * DAY_MS
         for start in [d for d in self.days if d < horizon]:
             del self.days[start]
@@ -234,7 +238,6 @@ class Budget:
             self._binding_since,
             self.enforced,
             self._refused,
-            {n: c.mean for n, c in self._per_judge.items() if c.mean is not None},
         )
 
     # -- decisions -------------------------------------------------------------------------
@@ -262,10 +265,11 @@ class Budget:
         self.schedule.prune(stamp - KEEP_DAYS * DAY_MS)
         self._binding_since = None if wanted >= 1 else (self._binding_since or stamp)
         if wanted < 1 and current >= 1:
-            self._say(
-                f"The daily budget ${self.budget_usd:g} binds: judges sample at "
-                f"{wanted:g} x their rate from trace time {stamp} (spent ${day.usd:.4f})"
-            )
+            _logger.warning(
+                "The daily budget $%g binds: judges sample at %g x their rate from trace time "
+                "%d (spent $%.4f) (experiment %s)",
+                self.budget_usd, wanted, stamp, day.usd, self.experiment_id,
+            )  # fmt: skip
         self._save()  # before any pair sampled under the new step is scored
 
     def _may_raise(self, stamp: int, current: float) -> bool:
@@ -381,9 +385,6 @@ class Budget:
         if message not in self._said:
             self._said.add(message)
             _logger.log(level, "%s (experiment %s)", message, self.experiment_id)
-
-    def _say(self, message: str) -> None:
-        _logger.warning("%s (experiment %s)", message, self.experiment_id)
 
 
 def _verdicts(info: TraceInfo, monitor_id: str) -> Iterable[tuple[str, dict[str, Any], bool]]:
