@@ -140,6 +140,8 @@ class Budget:
             self.book = PriceBook(monitor.cost.prices)
             self._raise_from_zero = self.monitor is not None
             self._no_usage = None
+            self.days.clear()  # read again from the store: prices or call cost may differ
+            self._per_judge.clear()
         if self.monitor is None or self.monitor.monitor_id != monitor.monitor_id:
             self._load_schedule(monitor.monitor_id)
             self.days.clear()
@@ -290,8 +292,8 @@ class Budget:
         return total if known else None
 
     def _estimate(self, judge_name: str) -> float | None:
-        """The expected cost of one call of a judge: its mean today, the day's mean, or the
-        stated ``call_cost_usd``."""
+        """The expected cost of one call of a judge: its mean so far, the newest day's mean, or
+        the stated ``call_cost_usd``."""
         mine = self._per_judge.get(judge_name)
         if mine and mine.mean is not None:
             return mine.mean
