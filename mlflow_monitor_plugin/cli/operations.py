@@ -19,6 +19,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.observe.report import last_windows
 from mlflow_monitor_plugin.observe.spend import (
     BUDGET_TAG,
@@ -115,7 +116,10 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
     judges = [j for j in all_judges if not j.session]
     counts = {j.name: Counter() for j in all_judges}
-    budget = engine.tags.read_json(monitor.experiment_id, BUDGET_TAG)
+    try:
+        budget = engine.tags.read_json(monitor.experiment_id, BUDGET_TAG)
+    except MonitorError:  # a damaged tag: the daemon rewrites it on its next save
+        budget = None
     rate_of = budget_rates(
         schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
         frozenset(j.name for j in all_judges if j.is_llm),

@@ -29,6 +29,7 @@ from mlflow.entities import TraceInfo
 from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.prices import PriceBook
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.observe.spend import (
     BUDGET_TAG,
     DAY_MS,
@@ -63,21 +64,6 @@ def _default_model() -> str:
     from mlflow.genai.judges.utils import get_default_model
 
     return get_default_model()
-
-
-def verdict_cost(
-    metadata: dict[str, Any], call_cost_usd: float | None, ok: bool
-) -> tuple[float | None, bool]:
-    """(cost in USD or None when unknown, whether the usage was known) of one verdict."""
-    cost = usage.cost_of(metadata)
-    if cost is not None:
-        return cost, True
-    used = usage.from_metadata(metadata)
-    if used is None and not ok:
-        return 0.0, False  # an error with no reply read: nothing billed that we can tell
-    if call_cost_usd is not None:
-        return call_cost_usd * (used.calls if used else 1), used is not None
-    return None, used is not None
 
 
 @dataclass
@@ -196,7 +182,7 @@ class Budget:
         if day is None:
             return
         day.reserved -= held.usd
-        cost, known = verdict_cost(verdict.metadata, self._call_cost, verdict.ok)
+        cost, known = usage.verdict_cost(verdict.metadata, self._call_cost, verdict.ok)
         if not known and verdict.ok:
             self._say_no_usage(verdict.judge.name)
         day.add(cost)
@@ -348,7 +334,7 @@ class Budget:
                     day.last_ms = max(day.last_ms, info.timestamp_ms)
                 for judge, metadata, ok in _verdicts(info, monitor_id):
                     if judge in llm:
-                        cost, _ = verdict_cost(metadata, self._call_cost, ok)
+                        cost, _ = usage.verdict_cost(metadata, self._call_cost, ok)
                         day.add(cost)
                         if cost is not None and ok:
                             per = self._per_judge.setdefault(judge, _JudgeCost())
@@ -357,8 +343,14 @@ class Budget:
         return day
 
     def _load_schedule(self, monitor_id: str) -> None:
-        stored = self.tags.read_json(self.experiment_id, BUDGET_TAG) or {}
-        if stored.get("monitor_id") != monitor_id:
+        try:
+            stored = self.tags.read_json(self.experiment_id, BUDGET_TAG) or {}
+        except MonitorError as e:  # damaged: start the day's decisions afresh
+            _logger.warning(
+                "The budget tag of experiment %s is unreadable: %s", self.experiment_id, e
+            )
+            stored = {}
+        if not isinstance(stored, dict) or stored.get("monitor_id") != monitor_id:
             self.schedule, self.decided_ms = RateSchedule(), 0
             return
         self.schedule = RateSchedule.from_list(stored.get("steps"))

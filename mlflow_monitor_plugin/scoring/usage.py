@@ -217,3 +217,18 @@ def usage_metadata(usage: Usage, cost_usd: float | None, price_source: str | Non
         out[COST_KEY] = f"{cost_usd:.8f}"
         out[PRICE_SOURCE_KEY] = price_source or "unknown"
     return out
+
+
+def verdict_cost(
+    metadata: dict[str, Any], call_cost_usd: float | None, ok: bool
+) -> tuple[float | None, bool]:
+    """(cost in USD or None when unknown, whether the usage was known) of one verdict."""
+    cost = cost_of(metadata)
+    if cost is not None:
+        return cost, True
+    used = from_metadata(metadata)
+    if used is None and not ok:
+        return 0.0, False  # an error with no reply read: nothing billed that we can tell
+    if call_cost_usd is not None:
+        return call_cost_usd * (used.calls if used else 1), used is not None
+    return None, used is not None
