@@ -38,6 +38,8 @@ class JudgeBehaviour:
     verdict: Callable[[str], str] = default_verdict
     seed: int = 0
     max_concurrent: int | None = None  # calls in progress beyond this are answered 429
+    # the reply's "usage" from the request; returning None leaves it out (an endpoint without)
+    usage: Callable[[dict[str, Any]], dict[str, int] | None] | None = None
 
 
 class FakeJudge:
@@ -159,11 +161,12 @@ class FakeJudge:
                     time.sleep(behaviour.hang_s)
                     self._send(504, {"error": {"message": "gateway timeout"}})
                 elif fault == "malformed":
-                    self._send(200, _completion(body, "this is {not json"))
+                    self._send(200, _completion(body, "this is {not json", behaviour.usage))
                 else:
                     prompt = json.dumps(body.get("messages", []))
                     verdict = behaviour.verdict(prompt)
-                    self._send(200, _completion(body, answer(body, prompt, verdict)))
+                    reply = _completion(body, answer(body, prompt, verdict), behaviour.usage)
+                    self._send(200, reply)
 
             def _send(
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
@@ -222,8 +225,15 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # a client may open hundreds of connections at once
 
 
-def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
-    return {
+DEFAULT_USAGE = {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+
+
+def _completion(
+    request: dict[str, Any],
+    content: str,
+    usage: Callable[[dict[str, Any]], dict[str, int] | None] | None = None,
+) -> dict[str, Any]:
+    reply = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -235,5 +245,8 @@ def _completion(request: dict[str, Any], content: str) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
     }
+    used = usage(request) if usage is not None else dict(DEFAULT_USAGE)
+    if used is not None:
+        reply["usage"] = used
+    return reply

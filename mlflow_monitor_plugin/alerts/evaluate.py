@@ -5,7 +5,7 @@ the previous (complete) window if that one does, else not at all. ``pass_rate`` 
 the whole interval of the population rate lies below the threshold (its upper bound is below)
 and clears when the whole interval is back at or above it (its lower bound); in between it
 holds its state. ``error_rate`` is the mirror image. ``volume`` looks at the last complete
-window, ``lag_seconds`` at the lag now.
+window, ``lag_seconds`` at the lag now, ``budget_factor`` at the daily budget's factor now.
 
 A window still filling is judged again on every pass, each time with more verdicts; judging it
 each time at the rule's confidence would add up the risks of all those looks. So a filling
@@ -97,6 +97,7 @@ def evaluate(
     previous: WindowStats | None,
     lag_seconds: float | None = None,
     not_before_ms: int = 0,
+    budget_factor: float | None = None,
 ) -> Evaluation:
     """Judge ``rule`` now. ``previous`` is the complete window before ``current``; windows
     starting before ``not_before_ms`` (the monitor's creation) are never counted complete."""
@@ -106,6 +107,12 @@ def evaluate(
             return Evaluation(judged=False, reason="no finished trace yet")
         return Evaluation(
             judged=True, breach=lag_seconds > t, clear=lag_seconds <= t, value=lag_seconds
+        )
+    if rule.metric == "budget_factor":
+        if budget_factor is None:
+            return Evaluation(judged=False, reason="the monitor has no daily budget")
+        return Evaluation(
+            judged=True, breach=budget_factor < t, clear=budget_factor >= t, value=budget_factor
         )
     if rule.metric == "volume":
         if previous is None or previous.start_ms < not_before_ms:

@@ -27,12 +27,16 @@ def _observed(rule: AlertRule, evaluation: Evaluation) -> str:
         return f"{_pct(evaluation.value)} ({ci}, {evaluation.n} verdicts)"
     if rule.metric == "lag_seconds":
         return f"{evaluation.value:.0f}s" if evaluation.value is not None else "n/a"
+    if rule.metric == "budget_factor":
+        return f"sample rates x{evaluation.value:g}" if evaluation.value is not None else "n/a"
     return f"{evaluation.value:.0f} traces" if evaluation.value is not None else "n/a"
 
 
 def _threshold(rule: AlertRule) -> str:
     if rule.metric in ("pass_rate", "error_rate"):
         return _pct(rule.threshold)
+    if rule.metric == "budget_factor":
+        return f"x{rule.threshold:g}"
     return f"{rule.threshold:g}{'s' if rule.metric == 'lag_seconds' else ' traces'}"
 
 

@@ -29,6 +29,7 @@ from mlflow_monitor_plugin.config.tags import (
     join_document,
     parse_monitor,
 )
+from mlflow_monitor_plugin.observe.spend import budget_factor
 
 _logger = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ class AlertRunner:
     ) -> Evaluation:
         if rule.metric == "lag_seconds":
             return evaluate(rule, None, None, source.lag_seconds(monitor, tags))
+        if rule.metric == "budget_factor":
+            return evaluate(rule, None, None, budget_factor=budget_factor(monitor, tags, now_ms))
         width = rule.window_s * 1000
         start = window_start_ms(now_ms, width)
         current = source.window(monitor, rule.judge, start, width, now_ms)

@@ -17,8 +17,10 @@ from mlflow_monitor_plugin.cli import alerts as cli_alerts
 from mlflow_monitor_plugin.cli import backfill as cli_backfill
 from mlflow_monitor_plugin.cli import export as cli_export
 from mlflow_monitor_plugin.cli import judges as cli_judges
+from mlflow_monitor_plugin.cli import plan as cli_plan
 from mlflow_monitor_plugin.cli import quality as cli_quality
 from mlflow_monitor_plugin.cli import run as cli_run
+from mlflow_monitor_plugin.cli.cost import cost_for_cli, cost_options
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import api
 from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, ExternalMonitor
@@ -150,6 +152,8 @@ def monitor() -> None:
 @click.option("--export-uri", help="Export location: a local path or a URI pyarrow understands.")
 @suite_options
 @cli_alerts.alert_option
+@cost_options
+@cli_plan.plan_options
 @output_option
 @handle_errors
 def create_command(
@@ -165,6 +169,12 @@ def create_command(
     model: str | None,
     paused: bool,
     alert_specs: tuple[str, ...],
+    daily_budget_usd: str | None,
+    call_cost_usd: str | None,
+    prices: tuple[str, ...],
+    pace: bool | None,
+    show_plan: bool,
+    yes: bool,
     output: str,
 ) -> None:
     """Create the monitor of an experiment.
@@ -175,12 +185,17 @@ def create_command(
       mlflow monitor create -x 1 --guideline "mlflow_only=Refuse questions unrelated to MLflow."
       mlflow monitor create -x 1 -f examples/monitor.yaml
       mlflow monitor create -x 1 --judge safety --alert "safety.pass_rate<0.95 over 1h"
+      mlflow monitor create -x 1 --judge safety --daily-budget-usd 5 --plan
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
         build_suite(data, judges, guidelines, sample, model, paused)
     )
     file_args = data or {}
+    cost = cost_for_cli(data, None, daily_budget_usd, call_cost_usd, prices, pace)
+    if show_plan:
+        exp = api.resolve_experiment_id(experiment_id, experiment_name)
+        cli_plan.gate(cli_plan.proposed(None, exp, suite, cost), existing=False, yes=yes)
     created = api.create_external_monitor(
         catalog_name=file_args.get("catalog_name", catalog_name),
         schema_name=file_args.get("schema_name", schema_name),
@@ -189,6 +204,7 @@ def create_command(
         experiment_name=experiment_name,
         export_uri=export_uri or file_args.get("export_uri"),
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
+        cost=cost,
     )
     print_monitor(created, output)
 
@@ -214,6 +230,8 @@ def get_command(experiment_id: str | None, experiment_name: str | None, output: 
 @experiment_options
 @suite_options
 @cli_alerts.alert_option
+@cost_options
+@cli_plan.plan_options
 @output_option
 @handle_errors
 def update_command(
@@ -226,25 +244,38 @@ def update_command(
     model: str | None,
     paused: bool,
     alert_specs: tuple[str, ...],
+    daily_budget_usd: str | None,
+    call_cost_usd: str | None,
+    prices: tuple[str, ...],
+    pace: bool | None,
+    show_plan: bool,
+    yes: bool,
     output: str,
 ) -> None:
     """Replace the monitor's assessments config whole. The export location stays.
 
-    Alert rules stay unless --alert or the file's 'alerts' key gives new ones.
+    Alert rules stay unless --alert or the file's 'alerts' key gives new ones; the cost
+    settings stay unless a cost flag or the file's 'cost' key changes them.
 
     \b
     Example:
       mlflow monitor update -x 1 --judge safety --sample 0.2
+      mlflow monitor update -x 1 --judge safety --daily-budget-usd 2.5 --price gpt-4.1-mini=0.4,1.6
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
         build_suite(data, judges, guidelines, sample, model, paused)
     )
     before = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    cost = cost_for_cli(data, before.cost, daily_budget_usd, call_cost_usd, prices, pace)
+    if show_plan:
+        proposal = cli_plan.proposed(before, before.experiment_id, suite, cost)
+        cli_plan.gate(proposal, existing=True, yes=yes)
     updated = api.update_external_monitor(
         assessments_config=suite,
         experiment_id=before.experiment_id,
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
+        cost=cost,
     )
     print_monitor(updated, output)
     added = api.added_judges(before, updated)
@@ -316,6 +347,7 @@ for command in (
     + cli_alerts.COMMANDS
     + cli_backfill.COMMANDS
     + cli_quality.COMMANDS
+    + cli_plan.COMMANDS
 ):
     monitor.add_command(command)
 

@@ -21,9 +21,16 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
+from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.observe import coverage
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun
 from mlflow_monitor_plugin.observe.report import last_windows
+from mlflow_monitor_plugin.observe.spend import (
+    BUDGET_TAG,
+    RateSchedule,
+    budget_rates,
+    schedule_of,
+)
 from mlflow_monitor_plugin.observe.windows import HOUR_MS, window_start
 from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states, session_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
@@ -114,9 +121,18 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
     judges = [j for j in all_judges if not j.session]
     counts = {j.name: Counter() for j in all_judges}
-    ledger = coverage.collect(
-        source.infos_after(None, 500), judges, monitor.monitor_id, cursor.score, source.matching
+    try:
+        budget = engine.tags.read_json(monitor.experiment_id, BUDGET_TAG)
+    except MonitorError:  # a damaged tag: the daemon rewrites it on its next save
+        budget = None
+    rate_of = budget_rates(
+        schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
+        frozenset(j.name for j in all_judges if j.is_llm),
     )
+    ledger = coverage.collect(
+        source.infos_after(None, 500), judges, monitor.monitor_id, cursor.score, source.matching,
+        rate_of,
+    )  # fmt: skip
     for by_judge in ledger.values():
         for name, window in by_judge.items():
             counts[name].update(window.counts)
@@ -141,6 +157,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
             for j in all_judges
         ],
         "windows": windows,
+        "budget": _budget_fields(monitor, budget),
     }  # fmt: skip
 
 
@@ -156,7 +173,13 @@ def coverage_ledger(
     source = engine.source
     judges = [j for j in build_judges(monitor.assessments_config) if not j.session]
     pages = source.infos_after(Checkpoint(window_start(since_ms, HOUR_MS) - 1, ""), 500)
-    windows = coverage.collect(pages, judges, monitor.monitor_id, cursor.score, source.matching)
+    rate_of = budget_rates(
+        schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
+        frozenset(j.name for j in judges if j.is_llm),
+    )
+    windows = coverage.collect(
+        pages, judges, monitor.monitor_id, cursor.score, source.matching, rate_of
+    )
     beats = MetricsRun(MlflowClient(), monitor.experiment_id, monitor.monitor_id).heartbeats(
         since_ms - 3_600_000
     )
@@ -171,6 +194,27 @@ def coverage_ledger(
         "checkpoint": cursor.score.to_dict() if cursor.score else None,
         "heartbeat": beats is not None,
         "windows": rows,
+    }
+
+
+def _budget_fields(monitor: Any, stored: Any) -> dict[str, Any] | None:
+    """The daily budget as the daemon last saved it: the day's spend, the rate's factor now."""
+    limit = monitor.cost.daily_budget_usd
+    if limit is None:
+        return None
+    mine = isinstance(stored, dict) and stored.get("monitor_id") == monitor.monitor_id
+    stored = stored if mine else {}
+    now = int(time.time() * 1000)
+    factor = RateSchedule.from_list(stored.get("steps")).factor(now) if stored else 1.0
+    return {
+        "daily_budget_usd": limit,
+        "day": stored.get("day_ms"),
+        "spent_usd": stored.get("spent_usd"),
+        "rate_factor_now": factor,
+        "binding_since_ms": stored.get("binding_since_ms"),
+        "enforced": stored.get("enforced", True),
+        "reason": stored.get("reason"),
+        "pace": monitor.cost.pace,
     }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from mlflow_monitor_plugin.cli.alerts import daemon_alert_options, runner_from_options
+from mlflow_monitor_plugin.cli.cost import use_prices_file
 from mlflow_monitor_plugin.cli.options import (
     experiment_options,
     handle_errors,
@@ -120,6 +121,14 @@ def _settings(
     show_default=True,
     help="Seconds between passes (at least 1).",
 )
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="MLFLOW_MONITOR_PRICES",
+    help="A JSON or YAML file of model prices, {model: {input_per_million, output_per_million}}, "
+    "used where a monitor's own cost.prices name none; else MLflow's catalog (docs/cost.md).",
+)
 @engine_options
 @daemon_alert_options
 @metrics_options
@@ -129,6 +138,7 @@ def run_command(
     experiment_ids: tuple[str, ...],
     once: bool,
     interval: float,
+    prices_file: str | None,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -151,6 +161,8 @@ def run_command(
     from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 
     configure_logging(log_level)
+    if prices_file:
+        use_prices_file(prices_file)
     alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
     daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine), alerts=alerts)
     with (
@@ -286,12 +298,23 @@ def status_command(
     if status.get("windows"):
         click.echo("last window:")
         _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
-                    "interval95", "errors"])  # fmt: skip
+                    "interval95", "errors", "effective_rate"])  # fmt: skip
+        click.echo("judge cost today (UTC, by trace time):")
+        _print_rows(status["windows"], "table", ["judge", "tokens_today", "cost_today_usd",
+                    "cost_unknown_today"])  # fmt: skip
+    budget = status.get("budget")
+    if budget:
+        spent = "-" if budget["spent_usd"] is None else f"${budget['spent_usd']:.6f}"
+        state = "enforced" if budget["enforced"] else f"NOT enforced: {budget['reason']}"
+        click.echo(
+            f"{'daily budget:':<19}${budget['daily_budget_usd']:g}, spent {spent}, sample rates "
+            f"x{budget['rate_factor_now']:g} now ({state})"
+        )
 
 
 COVERAGE_COLUMNS = [
-    "window", "judge", "rate", "seen", "sampled", "scored", "failed", "not_appl", "pending",
-    "delay_p50", "delay_max", "daemon", "state",
+    "window", "judge", "rate", "effective", "seen", "sampled", "scored", "failed", "not_appl",
+    "pending", "delay_p50", "delay_max", "daemon", "state",
 ]  # fmt: skip
 
 
@@ -316,6 +339,7 @@ def _print_coverage(
         {
             **row,
             "rate": "-" if row["sample_rate"] is None else f"{row['sample_rate']:g}",
+            "effective": f"{row['effective_rate']:.3g}",
             "not_appl": row["not_applicable"],
             "delay_p50": _seconds(row["delay_p50_s"]),
             "delay_max": _seconds(row["delay_max_s"]),

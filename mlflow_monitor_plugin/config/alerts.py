@@ -21,6 +21,7 @@ METRICS: dict[str, tuple[str, bool, bool]] = {
     "error_rate": ("above", True, True),
     "lag_seconds": ("above", False, False),
     "volume": ("below", False, False),
+    "budget_factor": ("below", True, False),  # the daily budget's factor on the sample rates
 }
 FORMATS = ("json", "slack")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -109,7 +110,9 @@ class AlertRule:
     population rate, at ``confidence``, is past the threshold, and only from ``min_verdicts``
     verdicts in the window; they resolve when the interval is wholly back on the good side.
     ``lag_seconds`` (above) is the daemon's lag behind the newest trace; ``volume`` (below) is the
-    traces of the last complete window. ``repeat_every`` re-sends a firing incident's message.
+    traces of the last complete window. ``budget_factor`` (below) is the factor by which the
+    daily budget scales the sample rates now (``budget_factor<1``: the budget binds).
+    ``repeat_every`` re-sends a firing incident's message.
     """
 
     name: str
@@ -220,7 +223,7 @@ class AlertRule:
         subject = f"{self.judge}.{self.metric}" if self.judge else self.metric
         op = "<" if self.side == "below" else ">"
         text = f"{subject}{op}{self.threshold:g}"
-        if self.metric != "lag_seconds":
+        if self.metric not in ("lag_seconds", "budget_factor"):
             text += f" over {self.window}"
         if METRICS[self.metric][2]:
             text += f" min {self.min_verdicts}"

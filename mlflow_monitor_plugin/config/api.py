@@ -24,6 +24,7 @@ from mlflow_monitor_plugin.config.model import (
     ExternalMonitor,
     check_identifier,
 )
+from mlflow_monitor_plugin.config.prices import CostConfig, cost_from
 from mlflow_monitor_plugin.config.tags import CONFIG_TAG, MonitorTags
 from mlflow_monitor_plugin.exceptions import (
     MonitorConfigError,
@@ -111,17 +112,20 @@ def create_external_monitor(
     experiment_name: str | None = None,
     export_uri: str | None = None,
     alerts: list[AlertRule | dict[str, Any] | str] | None = None,
+    cost: CostConfig | dict[str, Any] | None = None,
 ) -> ExternalMonitor:
     """Create the monitor of an experiment; it starts with the next pass of ``mlflow monitor run``.
 
     Traces are exported to ``<MLFLOW_MONITOR_EXPORT_ROOT>/<catalog>/<schema>/trace_logs_<id>``
     unless ``export_uri`` (a local path or a URI pyarrow understands) is given. ``alerts`` are
-    the monitor's alert rules (see docs/alerts.md).
+    the monitor's alert rules (see docs/alerts.md); ``cost`` its daily budget and model prices
+    (see docs/cost.md).
     """
     check_identifier("catalog_name", catalog_name)
     check_identifier("schema_name", schema_name)
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
     rules = rules_from(alerts, suite.feedback_names)
+    costs = cost_from(cost)
     if export_uri is not None and (not isinstance(export_uri, str) or not export_uri.strip()):
         raise MonitorConfigError("export_uri", export_uri, "expected a local path or a URI")
     store = MonitorTags()
@@ -146,6 +150,7 @@ def create_external_monitor(
         created_at_ms=now,
         updated_at_ms=now,
         alerts=rules,
+        cost=costs,
     )
     store.write_config(monitor)
     return monitor
@@ -169,17 +174,20 @@ def update_external_monitor(
     experiment_id: str | None = None,
     experiment_name: str | None = None,
     alerts: list[AlertRule | dict[str, Any] | str] | None = None,
+    cost: CostConfig | dict[str, Any] | None = None,
 ) -> ExternalMonitor:
     """Replace the monitor's assessments config whole (stateless, as Databricks documents).
 
     The export location is fixed at creation. ``alerts=None`` keeps the current alert rules
-    (checked against the new judges), a list replaces them. A rejected update changes nothing.
+    (checked against the new judges), a list replaces them; ``cost=None`` keeps the cost
+    settings, a dict replaces them. A rejected update changes nothing.
     A judge it adds scores new traces from then on; the backfill command for past ones is logged
     (INFO).
     """
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
     if alerts is not None:
         rules_from(alerts, suite.feedback_names)
+    costs = cost_from(cost) if cost is not None else None
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
     tags = store.experiment_tags(exp_id)
@@ -198,6 +206,7 @@ def update_external_monitor(
         created_at_ms=current.created_at_ms,
         updated_at_ms=max(_now_ms(), current.updated_at_ms),
         alerts=rules_from(current.alerts if alerts is None else alerts, suite.feedback_names),
+        cost=current.cost if costs is None else costs,
     )
     store.write_config(updated, previous=tags)
     added = added_judges(current, updated)

@@ -21,6 +21,7 @@ from mlflow_monitor_plugin.config.checks import (
     check_rate,
 )
 from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge, custom_judge_from_dict
+from mlflow_monitor_plugin.config.prices import CostConfig, cost_from
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 
 SCHEMA_VERSION = 1
@@ -261,6 +262,7 @@ class ExternalMonitor:
     updated_at_ms: int = 0
     schema_version: int = field(default=SCHEMA_VERSION)
     alerts: list[AlertRule] = field(default_factory=list)  # see config/alerts.py
+    cost: CostConfig = field(default_factory=CostConfig)  # see config/prices.py
 
     @property
     def created_at(self) -> datetime:
@@ -283,6 +285,7 @@ class ExternalMonitor:
             "updated_at_ms": self.updated_at_ms,
             "assessments_config": self.assessments_config.to_dict(),
             **({"alerts": [r.to_dict() for r in self.alerts]} if self.alerts else {}),
+            **({"cost": self.cost.to_dict()} if not self.cost.empty else {}),
         }
 
     @classmethod
@@ -307,6 +310,7 @@ class ExternalMonitor:
                 created_at_ms=int(value["created_at_ms"]),
                 updated_at_ms=int(value["updated_at_ms"]),
                 alerts=rules_from(value.get("alerts"), suite.feedback_names),
+                cost=cost_from(value.get("cost")),
             )
         except KeyError as e:
             raise MonitorConfigError(
@@ -336,4 +340,13 @@ class ExternalMonitor:
             lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
         lines += ["  alerts:"] if self.alerts else []
         lines += [f"    - {r.name}: {r.describe()}" for r in self.alerts]
+        if self.cost.daily_budget_usd is not None:
+            lines.append(f"  daily budget: ${self.cost.daily_budget_usd:g}")
+        if self.cost.call_cost_usd is not None:
+            lines.append(f"  call cost:    ${self.cost.call_cost_usd:g} (stated estimate)")
+        for model, price in self.cost.prices.items():
+            lines.append(
+                f"  price:        {model}: ${price.input_per_token * 1e6:g} in, "
+                f"${price.output_per_token * 1e6:g} out per million tokens"
+            )
         return "\n".join(lines)

@@ -29,10 +29,12 @@ from mlflow.entities import TraceInfo
 from mlflow.exceptions import MlflowException
 
 from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.config.prices import PriceBook
 from mlflow_monitor_plugin.config.tags import NAMESPACE
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.timerange import TimeRange
+from mlflow_monitor_plugin.engine.budget import priced
 from mlflow_monitor_plugin.engine.lease import Lease
 from mlflow_monitor_plugin.engine.pipeline import (
     PAGES_AHEAD,
@@ -150,7 +152,8 @@ def select_judges(monitor: ExternalMonitor, names: list[str] | None) -> list[Jud
                 "judge", name, f"the monitor of experiment {monitor.experiment_id} runs only "
                 f"{', '.join(known)}"
             )  # fmt: skip
-    return [j for j in judges if not names or j.name in names]
+    book = PriceBook(monitor.cost.prices)  # its verdicts' cost, as the daemon's (docs/cost.md)
+    return priced([j for j in judges if not names or j.name in names], monitor, book)
 
 
 class Backfill:

@@ -29,6 +29,7 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.engine.budget import Budget
 from mlflow_monitor_plugin.engine.lease import Lease, new_owner
 from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
@@ -184,6 +185,7 @@ class MonitorEngine:
         self._concurrency_last: dict[str, Any] | None = None
         self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
         self.quality = quality
+        self.budget = Budget(tags, experiment_id, self.source)  # cost.daily_budget_usd
 
     @classmethod
     def create(
@@ -259,7 +261,7 @@ class MonitorEngine:
         if not self.acquire_lease(now_ms):
             stats.skipped = "another daemon holds its lease"
             return stats
-        judges = self.judges_for(monitor)
+        judges = self.budget.start(monitor, self.judges_for(monitor))
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
         export = self._export_for(monitor, now_ms)
         cursor = self.read_cursor(monitor)
@@ -287,6 +289,7 @@ class MonitorEngine:
                 self._sweep(ctx, now_ms)
         finally:
             self.scorer.settle()  # nothing of this pass may still be writing after it
+            self.budget.finish()
             if self._sessions is not None:
                 self._sessions.runner.settle()
         self._publish_concurrency(final=True)
@@ -390,7 +393,7 @@ class MonitorEngine:
                 if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
                     continue
                 stats.count(judge.name, "eligible")
-                if not is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
+                if not is_sampled(info.trace_id, monitor.monitor_id, self.budget.rate(judge, info)):
                     continue
                 stats.count(judge.name, "sampled")
                 state = states.get(judge.name)
@@ -402,6 +405,7 @@ class MonitorEngine:
                     continue  # not applicable when first seen: nothing to redo
                 else:
                     due.setdefault(info.trace_id, []).append((judge, state))
+                    self.budget.reserve(judge, info)
                     ctx.touched[info.trace_id] = info.timestamp_ms
         return due
 
@@ -438,6 +442,7 @@ class MonitorEngine:
                 stats.count(verdict.judge.name, "not_applicable")
                 continue
             stats.feedback_logged += outcome.logged
+            self.budget.charge(verdict)
             stats.count(verdict.judge.name, "scored" if verdict.ok else "failed")
             if verdict.ok:
                 answered.add(verdict.judge.name)

@@ -3,8 +3,9 @@ at a time, with per-hour tallies that are recomputed only for the hours a pass t
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +23,21 @@ from mlflow_monitor_plugin.observe.windows import (
     tally,
     window_start,
 )
+from mlflow_monitor_plugin.scoring import usage
 from mlflow_monitor_plugin.scoring.feedback import SECONDS_KEY, VERDICT_KEY, judge_states
 from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _logger = logging.getLogger(__name__)
 
 Judges = tuple[tuple[str, float], ...]  # (feedback name, sample rate) of each judge
-# shared by every trace they describe: most outcomes are one of these two
-_UNSAMPLED = Outcome(sampled=False)
-_UNSCORED = Outcome(sampled=True)
+# judge name, configured rate, trace time -> the effective rate (a daily budget's, engine/budget.py)
+RateOf = Callable[[str, float, int], float]
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain(sampled: bool, rate: float) -> Outcome:
+    """Shared by every trace they describe: most outcomes are unsampled or unscored."""
+    return Outcome(sampled=sampled, rate=rate)
 
 
 def window_judges(monitor: Any) -> Judges:
@@ -54,15 +61,26 @@ def _seconds(assessment: Any) -> float | None:
         return None  # written before verdicts recorded their latency
 
 
+def _usage(assessment: Any) -> tuple[int | None, float | None]:
+    used = usage.from_metadata(assessment.metadata)
+    return (used.total if used else None), usage.cost_of(assessment.metadata)
+
+
 def outcomes(
-    info: TraceInfo, monitor_id: str, judges: Judges, max_failed_passes: int
+    info: TraceInfo,
+    monitor_id: str,
+    judges: Judges,
+    max_failed_passes: int,
+    rate_of: RateOf | None = None,
 ) -> dict[str, Outcome]:
-    """What this trace contributes to each judge's window, from the monitor's assessments."""
+    """What this trace contributes to each judge's window, from the monitor's assessments;
+    ``rate_of`` gives a judge's effective rate on the trace when a budget lowered it."""
     states = judge_states(info, monitor_id)
     result = {}
-    for name, rate in judges:
+    for name, configured in judges:
+        rate = rate_of(name, configured, info.timestamp_ms) if rate_of else configured
         if not is_sampled(info.trace_id, monitor_id, rate):
-            result[name] = _UNSAMPLED
+            result[name] = _plain(False, rate)
             continue
         state = states.get(name)
         if state and state.complete:
@@ -70,12 +88,18 @@ def outcomes(
             group = min(state.complete, key=lambda g: g[0].metadata.get(VERDICT_KEY, ""))
             primary = [a for a in group if a.name == name] or group[:1]
             kind, value = combine([classify(getattr(a, "value", None)) for a in primary])
-            result[name] = Outcome(True, kind, value, _seconds(group[0]), False, _created(group))
+            tokens, cost = _usage(group[0])
+            result[name] = Outcome(
+                True, kind, value, _seconds(group[0]), False, _created(group), rate, tokens, cost
+            )
         elif state and state.errors:
             retryable = state.failed_passes < max_failed_passes
-            result[name] = Outcome(True, "error", None, None, retryable, _created(state.errors))
+            tokens, cost = _usage(max(state.errors, key=lambda a: a.create_time_ms or 0))
+            result[name] = Outcome(
+                True, "error", None, None, retryable, _created(state.errors), rate, tokens, cost
+            )
         else:
-            result[name] = _UNSCORED
+            result[name] = _plain(True, rate)
     return result
 
 
@@ -119,19 +143,21 @@ class WindowReader:
         judges: Judges,
         max_failed_passes: int,
         page_size: int = 500,
+        rate_of: RateOf | None = None,
     ):
         self.source = source  # a discovery TraceSource (finished, non-evaluation traces)
         self.monitor_id = monitor_id
         self.judges = judges
         self.max_failed_passes = max_failed_passes
         self.page_size = page_size
+        self.rate_of = rate_of
 
     def _infos(self, from_ms: int, until_ms: int) -> Iterable[TraceInfo]:
         for page in self.source.infos_after(Checkpoint(from_ms, ""), self.page_size, until_ms):
             yield from page
 
     def _outcomes(self, info: TraceInfo) -> dict[str, Outcome]:
-        return outcomes(info, self.monitor_id, self.judges, self.max_failed_passes)
+        return outcomes(info, self.monitor_id, self.judges, self.max_failed_passes, self.rate_of)
 
     def load_day(self, day_start_ms: int) -> Day:
         day = Day(day_start_ms)

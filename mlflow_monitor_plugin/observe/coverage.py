@@ -19,7 +19,7 @@ is exact whenever it is asked; ``state`` sums a row up:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,7 @@ class Coverage:
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     delays: list[float] = field(default_factory=list)
+    lowest_rate: float = 1.0  # the lowest effective sample rate (a daily budget lowers it)
 
     def add(self, where: str, delay_s: float | None) -> None:
         self.counts["seen"] += 1
@@ -126,6 +127,7 @@ def ledger_rows(
                     "window_start_ms": start,
                     "judge": judge,
                     "sample_rate": rates.get(judge),
+                    "effective_rate": min(coverage.lowest_rate, rates.get(judge, 1.0)),
                     **coverage.counts,
                     "delay_p50_s": percentile(delays, 50),
                     "delay_max_s": max(delays) if delays else None,
@@ -142,10 +144,12 @@ def collect(
     monitor_id: str,
     cursor: Checkpoint | None,
     matching: Any,
+    rate_of: Callable[[str, float, int], float] | None = None,
 ) -> dict[int, dict[str, Coverage]]:
     """Coverage per hourly window and judge over ``pages`` of trace infos. ``judges`` carry
     ``name``, ``rate`` and ``filter_string``; ``matching(page, filter)`` gives the ids a
-    filter admits."""
+    filter admits; ``rate_of(judge, rate, timestamp_ms)`` the effective rate where a daily
+    budget lowered it."""
     windows: dict[int, dict[str, Coverage]] = {}
     for page in pages:
         filters = {j.filter_string for j in judges if j.filter_string}
@@ -158,6 +162,9 @@ def collect(
                 if judge.filter_string and info.trace_id not in admitted[judge.filter_string]:
                     continue
                 state = states.get(judge.name)
-                where = trace_state(info, state, judge.rate, monitor_id, behind)
-                hour.setdefault(judge.name, Coverage()).add(where, verdict_delay_s(info, state))
+                rate = rate_of(judge.name, judge.rate, info.timestamp_ms) if rate_of else judge.rate
+                where = trace_state(info, state, rate, monitor_id, behind)
+                coverage = hour.setdefault(judge.name, Coverage())
+                coverage.add(where, verdict_delay_s(info, state))
+                coverage.lowest_rate = min(coverage.lowest_rate, rate)
     return windows

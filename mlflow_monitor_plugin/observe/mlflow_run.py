@@ -34,6 +34,9 @@ CHARTED = (
     "estimated_failing",
     "value_mean",
     "latency_p95",
+    "effective_rate",
+    "judge_tokens",
+    "judge_cost_usd",
 )
 _BATCH = 1000  # MLflow's limit of metrics per log_batch
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")

@@ -7,11 +7,14 @@ import re
 from typing import Any
 
 from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.observe.collect import Judges, WindowReader, window_judges
+from mlflow_monitor_plugin.observe.spend import budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.tracker import window_rows
 from mlflow_monitor_plugin.observe.windows import DAY_MS, HOUR_MS, WIDTHS, trend, window_start
+from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNIT_MS = {"m": 60_000, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
@@ -46,7 +49,11 @@ def windows(
     if judge_names:
         judges = tuple(j for j in judges if j[0] in set(judge_names))
     source = source or TraceSource(monitor.experiment_id)
-    reader = WindowReader(source, monitor.monitor_id, judges, max_failed_passes)
+    schedule = schedule_of(MonitorTags(), monitor.experiment_id, monitor.monitor_id)
+    llm = frozenset(j.name for j in build_judges(monitor.assessments_config) if j.is_llm)
+    reader = WindowReader(
+        source, monitor.monitor_id, judges, max_failed_passes, rate_of=budget_rates(schedule, llm)
+    )
     rows = []
     first = window_start(since_ms, DAY_MS)
     for day_start in range(first, now_ms + 1, DAY_MS):
@@ -123,7 +130,8 @@ TABLE_COLUMNS = [
 def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> list[dict]:
     """For ``status``: each judge's latest hourly window with traces (today or yesterday)."""
     rows = windows(monitor, window_start(now_ms, DAY_MS) - DAY_MS, now_ms, "1h", source=source)
-    latest = {judge: judge_rows[-1] for judge, judge_rows in by_judge(rows).items()}
+    grouped = by_judge(rows)
+    today = window_start(now_ms, DAY_MS)
     return [
         {
             "judge": judge,
@@ -134,6 +142,18 @@ def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> l
             if row["pass_rate_low95"] is None
             else f"{_pct(row['pass_rate_low95'])}–{_pct(row['pass_rate_high95'])}",
             "errors": row["errors"],
+            "effective_rate": round(row["effective_rate"], 6),
+            **cost_of_rows([r for r in grouped[judge] if r["window_start_ms"] >= today]),
         }
-        for judge, row in latest.items()
+        for judge, row in ((j, judge_rows[-1]) for j, judge_rows in grouped.items())
     ]
+
+
+def cost_of_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tokens and cost summed over windows: ``cost_usd`` None when no verdict had a price."""
+    costs = [r["judge_cost_usd"] for r in rows if r["judge_cost_usd"] is not None]
+    return {
+        "tokens_today": sum(r["judge_tokens"] for r in rows),
+        "cost_today_usd": round(sum(costs), 8) if costs else None,
+        "cost_unknown_today": sum(r["judge_cost_unknown"] for r in rows),
+    }

@@ -19,12 +19,14 @@ from typing import Any
 from mlflow.entities import Metric
 
 from mlflow_monitor_plugin.config.model import ExternalMonitor
+from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.exceptions import ExportError
 from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader, window_judges
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, window_metrics
+from mlflow_monitor_plugin.observe.spend import RateSchedule, budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
     HOUR_MS,
@@ -35,6 +37,7 @@ from mlflow_monitor_plugin.observe.windows import (
     settled,
     window_start,
 )
+from mlflow_monitor_plugin.scoring.judges import build_judges
 
 _logger = logging.getLogger(__name__)
 
@@ -129,6 +132,8 @@ class QualityTracker:
         self._pending: dict[str, int] = {}  # touched by passes since the last update
         self._updated_ms: int | None = None  # the engine's time of the last update
         self._updated_wall_ms: int | None = None
+        self._schedule = RateSchedule()  # a daily budget's steps (observe/spend.py)
+        self._budgeted: frozenset[str] = frozenset()  # the judges a budget lowers: LLM ones
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
         """A new monitor, or its judges or rates changed: start from the store again."""
@@ -136,7 +141,11 @@ class QualityTracker:
         self.days.clear()
         self._unexported.clear()
         self._reader = WindowReader(
-            self.source, monitor.monitor_id, judges, self.settings.max_failed_passes
+            self.source,
+            monitor.monitor_id,
+            judges,
+            self.settings.max_failed_passes,
+            rate_of=self._rate_of,
         )
         self._run = MetricsRun(self.client, self.experiment_id, monitor.monitor_id)
 
@@ -166,9 +175,14 @@ class QualityTracker:
         since_ms = self._updated_wall_ms or wall_ms - int(stats.seconds * 1000) - 1
         self._updated_ms, self._updated_wall_ms = now_ms, wall_ms
         touched, self._pending = self._pending, {}
-        judges = window_judges(monitor)
+        specs = build_judges(monitor.assessments_config)
+        judges = tuple((j.name, j.rate) for j in specs if not j.session)
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)
+        self._budgeted = frozenset(j.name for j in specs if j.is_llm)
+        self._schedule = schedule_of(
+            MonitorTags(self.client), self.experiment_id, monitor.monitor_id
+        )
         self._reload_stale()
         self._count(self._update(touched), since_ms)
         if self.settings.export:
@@ -257,6 +271,9 @@ class QualityTracker:
             self._run.log([], metrics)
         _logger.debug("Charted %d points of %s on run %s", len(metrics), names, run_id)
         return len(metrics)
+
+    def _rate_of(self, judge: str, rate: float, timestamp_ms: int) -> float:
+        return budget_rates(self._schedule, self._budgeted)(judge, rate, timestamp_ms)
 
     def _update(self, touched: dict[str, int]) -> dict[str, dict[str, Outcome]]:
         """Bring the touched days up to date; the touched traces' outcomes now."""

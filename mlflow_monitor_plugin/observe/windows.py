@@ -78,6 +78,9 @@ class Outcome:
     seconds: float | None = None  # the judge's latency, when the verdict recorded it
     retryable: bool = False  # an error the monitor will retry
     created_ms: int | None = None  # when the verdict (or error) was written
+    rate: float | None = None  # the effective sample rate on this trace (budget included)
+    tokens: int | None = None  # the judge's tokens for this verdict or error (None: unknown)
+    cost_usd: float | None = None  # their cost (None: unknown)
 
 
 @dataclass
@@ -94,12 +97,22 @@ class Tally:
     numbers: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
+    rate_sum: float = 0.0  # the effective rates of the eligible traces that recorded one
+    rated: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    costed: int = 0  # verdicts and errors whose cost is known
+    uncosted: int = 0  # verdicts whose cost is unknown (tokens or price unknown)
 
     def add(self, outcome: Outcome) -> None:
         self.eligible += 1
+        if outcome.rate is not None:
+            self.rate_sum += outcome.rate
+            self.rated += 1
         if not outcome.sampled:
             return
         self.sampled += 1
+        self._add_cost(outcome)
         kind = outcome.kind
         if kind == "pass":
             self.passed += 1
@@ -117,6 +130,14 @@ class Tally:
         if kind in VERDICT_KINDS and outcome.seconds is not None:
             self.latencies.append(outcome.seconds)
 
+    def _add_cost(self, outcome: Outcome) -> None:
+        self.tokens += outcome.tokens or 0
+        if outcome.cost_usd is not None:
+            self.cost_usd += outcome.cost_usd
+            self.costed += 1
+        elif outcome.kind in VERDICT_KINDS:
+            self.uncosted += 1  # no usage in the reply, or no price for the model
+
     def merge(self, other: Tally) -> Tally:
         labels = dict(self.labels)
         for label, n in other.labels.items():
@@ -132,6 +153,12 @@ class Tally:
             self.numbers + other.numbers,
             self.latencies + other.latencies,
             labels,
+            self.rate_sum + other.rate_sum,
+            self.rated + other.rated,
+            self.tokens + other.tokens,
+            self.cost_usd + other.cost_usd,
+            self.costed + other.costed,
+            self.uncosted + other.uncosted,
         )
 
     @property
@@ -169,6 +196,10 @@ class Tally:
             "value_p90": percentile(self.numbers, 90),
             "latency_p50": percentile(self.latencies, 50),
             "latency_p95": percentile(self.latencies, 95),
+            "effective_rate": self.rate_sum / self.rated if self.rated else rate,
+            "judge_tokens": self.tokens,
+            "judge_cost_usd": self.cost_usd if self.costed else None,
+            "judge_cost_unknown": self.uncosted,
         }
 
     def population_size(self, judged: int) -> float:

@@ -29,6 +29,7 @@ from mlflow_monitor_plugin.config.custom import (
     template_variables,
 )
 from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, GuidelinesJudge
+from mlflow_monitor_plugin.config.prices import Price
 
 _logger = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def load_code_scorer(name: str) -> Any:
 class JudgeSpec:
     """One judge as the engine runs it: its feedback name, rate and the factory of its scorer.
     ``session`` judges score a whole conversation; ``unavailable`` says why a judge cannot run
-    in this environment (a code judge that is not installed)."""
+    in this environment (a code judge that is not installed); ``price`` is its model's, when
+    known (the engine sets it, see config/prices.py)."""
 
     name: str
     rate: float
@@ -122,6 +124,7 @@ class JudgeSpec:
     filter_string: str | None = None
     session: bool = False
     unavailable: str | None = None
+    price: Price | None = None
 
     def applies_to(self, trace: Trace) -> bool:
         return all(_has(trace, need) for need in self.needs - {"session"})

@@ -10,7 +10,8 @@ retries run out it answers
 400 with the reason, which MLflow's client does not retry: the engine then logs error feedback
 and retries the (trace, judge) on a later pass.
 
-The proxy forwards the caller's headers (the API key among them) and never logs them.
+The proxy forwards the caller's headers (the API key among them) and never logs them. It also
+counts each reply's tokens for the verdict that made the call (usage.py explains the channel).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import requests.certs
 import requests.utils
 import urllib3
 
+from mlflow_monitor_plugin.config.prices import CATALOG_ENV, offline_catalog
 from mlflow_monitor_plugin.redact import add_secret_url
-from mlflow_monitor_plugin.scoring import limiter
+from mlflow_monitor_plugin.scoring import limiter, usage
 from mlflow_monitor_plugin.scoring.limiter import (
     DROPPED,
     IGNORED,
@@ -54,6 +56,7 @@ BASE_ENVS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 TIMEOUT_ENV = "MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS"
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding"}
+_CALL_HEADER = usage.CALL_HEADER.lower()  # ours: never forwarded to the judge
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class JudgeProxy:
             else AdaptiveLimit(s.concurrency, time.monotonic())
         )
         self.gate = ConcurrencyGate(limit)
+        self.ledger = usage.UsageLedger()
         self._rng = random.Random()
         # One pool of keep-alive connections for every handler thread: MLflow's client opens a
         # new connection per call, so per-thread state would be rebuilt (and, against a real
@@ -129,9 +133,10 @@ class JudgeProxy:
         self._http.clear()
 
     def forward(
-        self, path: str, body: bytes, headers: dict[str, str]
+        self, path: str, body: bytes, headers: dict[str, str], call_id: str | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        """One judge call, retried as needed; returns (status, headers, body) for the caller."""
+        """One judge call, retried as needed; returns (status, headers, body) for the caller.
+        The tokens of its replies are added to ``call_id`` in the ledger."""
         s = self.settings
         last = "no attempt made"
         for attempt in range(s.attempts):
@@ -158,6 +163,8 @@ class JudgeProxy:
                     outcome = DROPPED
                 elif response.status < 500:
                     outcome = OK
+                if call_id and (used := usage.parse_usage(response.data)) is not None:
+                    self.ledger.add(call_id, used)
                 if response.status not in RETRY_STATUSES:
                     kept = {
                         "Content-Type": response.headers.get("Content-Type", "application/json")
@@ -192,8 +199,24 @@ class JudgeProxy:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
-                status, out_headers, payload = proxy.forward(self.path, body, headers)
+                call_id = self.headers.get(usage.CALL_HEADER)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in _HOP_HEADERS and k.lower() != _CALL_HEADER
+                }
+                status, out_headers, payload = proxy.forward(self.path, body, headers, call_id)
+                self._reply(status, out_headers, payload)
+
+            def do_GET(self) -> None:  # a scoring process takes a verdict's usage
+                if not self.path.startswith(usage.USAGE_PATH):
+                    self._reply(404, {"Content-Type": "application/json"}, b"{}")
+                    return
+                taken = proxy.ledger.take(self.path[len(usage.USAGE_PATH) :])
+                payload = json.dumps(taken.to_dict() if taken else None).encode()
+                self._reply(200, {"Content-Type": "application/json"}, payload)
+
+            def _reply(self, status: int, out_headers: dict[str, str], payload: bytes) -> None:
                 self.send_response(status)
                 for key, value in out_headers.items():
                     self.send_header(key, value)
@@ -240,11 +263,13 @@ def upstream_from_env() -> str | None:
 
 @contextmanager
 def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | None]:
-    """Route this process's OpenAI judge calls through a ``JudgeProxy`` while the block runs."""
+    """Route this process's OpenAI judge calls through a ``JudgeProxy`` while the block runs;
+    MLflow's judges read the model catalog they ship instead of fetching it (config/prices.py)."""
     upstream = upstream_from_env()
     if upstream is None:
         yield None
         return
+    catalog_changed = offline_catalog()
     user_timeout = os.environ.get(TIMEOUT_ENV)
     settings = settings or ProxySettings()
     if user_timeout:
@@ -252,17 +277,26 @@ def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | 
     add_secret_url(upstream)  # the environment will name the proxy, not the upstream
     proxy = JudgeProxy(upstream, settings).start()
     limiter.activate(proxy.gate)
-    saved = {name: os.environ.get(name) for name in (*BASE_ENVS, TIMEOUT_ENV)}
+    usage.activate(proxy.ledger)
+    saved = {name: os.environ.get(name) for name in (*BASE_ENVS, TIMEOUT_ENV, usage.PROXY_URL_ENV)}
     budget = settings.attempts * (settings.timeout_s + settings.retry_after_max_s) + 60
     os.environ.update(
-        {BASE_ENVS[0]: proxy.url, BASE_ENVS[1]: proxy.url, TIMEOUT_ENV: f"{budget:g}"}
+        {
+            BASE_ENVS[0]: proxy.url,
+            BASE_ENVS[1]: proxy.url,
+            TIMEOUT_ENV: f"{budget:g}",
+            usage.PROXY_URL_ENV: proxy.url,
+        }
     )
     _logger.info("Judge calls go through a local proxy to the configured endpoint")
     try:
         yield proxy
     finally:
         limiter.activate(None)
+        usage.activate(None)
         proxy.stop()
+        if catalog_changed:
+            os.environ.pop(CATALOG_ENV, None)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -23,7 +23,7 @@ from typing import Any
 from mlflow.entities import Feedback, Trace
 
 from mlflow_monitor_plugin.redact import redact
-from mlflow_monitor_plugin.scoring import limiter
+from mlflow_monitor_plugin.scoring import limiter, usage
 from mlflow_monitor_plugin.scoring.dispatch import Batch, Dispatcher, Job
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 
@@ -131,6 +131,19 @@ def root_span_id(trace: Trace) -> str | None:
     return root.span_id if root else None
 
 
+def _usage_metadata(verdict: Verdict, call_id: str | None) -> dict[str, str]:
+    """The tokens of a verdict's judge calls, as the proxy counted them (every attempt), else
+    as MLflow's judge recorded them on its feedback; and their cost at the model's price."""
+    used = usage.take(call_id) if call_id else None
+    if used is None and verdict.feedbacks:
+        used = usage.from_metadata(verdict.feedbacks[0].metadata)
+    if used is None:
+        return {}  # tokens unknown: the endpoint returned no usage
+    price = verdict.judge.price
+    cost = price.cost(used.prompt, used.completion) if price else None
+    return usage.usage_metadata(used, cost, price.source if price else None)
+
+
 def _error_code(exc: BaseException) -> str:
     code = getattr(exc, "error_code", None)
     return str(code) if code else type(exc).__name__
@@ -170,16 +183,28 @@ class JudgeRunner:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._scorers: dict[JudgeSpec, Any] = {}
+        self._local = threading.local()  # each thread's own LLM scorers (see usage.py)
         self._lock = threading.Lock()
         self._failing: dict[str, int] = {}  # consecutive failures per judge, this run
         self._dispatch: Dispatcher | None = None
         _preload_lazy_imports()
 
-    def _scorer(self, judge: JudgeSpec) -> Any:
+    def _scorer(self, judge: JudgeSpec) -> tuple[Any, str | None]:
+        """The scorer to run ``judge`` with, and the id naming its calls to the proxy (None when
+        they are not counted). An LLM judge's scorer is the thread's own, so the id in its
+        headers names this thread's call alone."""
+        if judge.is_llm and usage.enabled():
+            scorers = self._local.__dict__.setdefault("scorers", {})
+            if judge not in scorers:
+                scorers[judge] = judge.make()
+            call_id = usage.new_call_id()
+            if usage.set_call_header(scorers[judge], call_id):
+                return scorers[judge], call_id
+            return scorers[judge], None
         with self._lock:
             if judge not in self._scorers:
                 self._scorers[judge] = judge.make()
-            return self._scorers[judge]
+            return self._scorers[judge], None
 
     def score_one(
         self, trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None
@@ -188,10 +213,11 @@ class JudgeRunner:
         (the session's first, where MLflow's own session scoring attaches it)."""
         started = time.monotonic()
         verdict = Verdict(trace.info.trace_id, judge, root_span_id=root_span_id(trace))
+        scorer, call_id = self._scorer(judge)
         for attempt in range(self.settings.attempts):
             verdict.attempts = attempt + 1
             try:
-                value = judge.call(self._scorer(judge), trace, session)
+                value = judge.call(scorer, trace, session)
                 verdict.feedbacks = _as_feedbacks(value, judge.name)
                 verdict.error = verdict.error_code = None
                 break
@@ -206,6 +232,8 @@ class JudgeRunner:
                     s = self.settings
                     self._sleep(backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng))
         verdict.seconds = time.monotonic() - started
+        if judge.is_llm:
+            verdict.metadata.update(_usage_metadata(verdict, call_id))
         return verdict
 
     def call(self, trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None) -> Verdict:
