@@ -29,8 +29,10 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
-from mlflow_monitor_plugin.engine.lease import Lease, new_owner
+from mlflow_monitor_plugin.discovery.shards import Shard
+from mlflow_monitor_plugin.engine.lease import new_owner
 from mlflow_monitor_plugin.engine.sessions import SessionPass
+from mlflow_monitor_plugin.engine.shards import CHECKPOINT_KEY, ShardWork
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.observe.tracker import QualitySettings, QualityTracker
@@ -59,6 +61,7 @@ class EngineSettings:
     export: bool = True
     windows: bool = True  # quality windows, charts and live metrics (observe/)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    shard: Shard | None = None  # this replica's share of the traces (engine/shards.py)
 
 
 @dataclass
@@ -135,6 +138,7 @@ class PassContext:
     export: ParquetExporter | None
     stats: PassStats
     touched: dict[str, int] = field(default_factory=dict)  # trace id -> request time (observe/)
+    lost: bool = False  # the lease was lost, or the layout changed, between pages
 
 
 @dataclass
@@ -155,7 +159,7 @@ class MonitorEngine:
     """Runs passes for one experiment's monitor. Collaborators are handed in; ``create`` wires
     the real ones."""
 
-    CHECKPOINT_KEY = "checkpoint"
+    CHECKPOINT_KEY = CHECKPOINT_KEY
 
     def __init__(
         self,
@@ -182,7 +186,10 @@ class MonitorEngine:
         self._sessions: SessionPass | None = None
         self._concurrency_at = float("-inf")
         self._concurrency_last: dict[str, Any] | None = None
-        self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
+        self.shards = ShardWork(
+            tags, experiment_id, self.owner, self.settings.lease_ttl_s, self.settings.shard, sleep
+        )
+        self.lease = self.shards.lease
         self.quality = quality
 
     @classmethod
@@ -203,7 +210,7 @@ class MonitorEngine:
             fetch = TraceSource(experiment_id, client).fetch
             scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
         quality = None
-        if settings.windows:
+        if settings.windows and not (settings.shard and settings.shard.sharded):
             quality = QualityTracker(
                 experiment_id,
                 client,
@@ -226,9 +233,12 @@ class MonitorEngine:
 
     # -- state in tags -------------------------------------------------------------------
     def read_cursor(self, monitor: ExternalMonitor) -> Cursor:
-        stored = self.tags.read_json(self.experiment_id, self.CHECKPOINT_KEY) or {}
-        if stored.get("monitor_id") != monitor.monitor_id:
-            return Cursor(None, None)  # a new monitor starts from the experiment's first trace
+        stored = self.tags.read_json(self.experiment_id, self.shards.key(CHECKPOINT_KEY)) or {}
+        if not self.shards.current(stored, monitor.monitor_id):
+            # A new monitor starts from the experiment's first trace, a new layout where the
+            # old one's shards left off (engine/shards.py).
+            start = self.shards.handed_over.start
+            return Cursor(start, start)
         where = f"of experiment {self.experiment_id}"
         return Cursor(
             Checkpoint.from_dict(stored.get("score"), where),
@@ -236,9 +246,8 @@ class MonitorEngine:
         )
 
     def _save_cursor(self, monitor: ExternalMonitor, cursor: Cursor) -> None:
-        self.tags.write_json(
-            self.experiment_id, self.CHECKPOINT_KEY, cursor.to_dict(monitor.monitor_id)
-        )
+        value = self.shards.stamp(cursor.to_dict(monitor.monitor_id))
+        self.tags.write_json(self.experiment_id, self.shards.key(CHECKPOINT_KEY), value)
 
     def acquire_lease(self, now_ms: int) -> bool:
         return self.lease.acquire(now_ms)
@@ -254,12 +263,12 @@ class MonitorEngine:
         monitor = self.tags.read_config(self.experiment_id)
         if monitor is None:
             raise MonitorNotFoundError(f"Experiment {self.experiment_id} has no monitor.")
-        if not self.acquire_lease(now_ms):
-            stats.skipped = "another daemon holds its lease"
+        export = self._export_for(monitor, now_ms)
+        stats.skipped = self.shards.admit(monitor.monitor_id, now_ms, export is not None)
+        if stats.skipped:
             return stats
         judges = self.judges_for(monitor)
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
-        export = self._export_for(monitor, now_ms)
         cursor = self.read_cursor(monitor)
         trace_judges = [j for j in judges if not j.session]
         ctx = PassContext(monitor, trace_judges, writer, cursor, export, stats)
@@ -270,18 +279,18 @@ class MonitorEngine:
                 in_flight.append(self._begin(ctx, page))
                 while len(in_flight) > PAGES_AHEAD:
                     self._finish(ctx, in_flight.popleft())
-                if max_pages is not None and done >= max_pages:
+                if ctx.lost or (max_pages is not None and done >= max_pages):
                     break
             while in_flight:
                 self._finish(ctx, in_flight.popleft())
             session_judges = [j for j in judges if j.session]
-            if session_judges:
-                renew = lambda: self.acquire_lease(int(time.time() * 1000))  # noqa: E731
+            if session_judges and not ctx.lost:
+                renew = lambda: self.shards.renew(int(time.time() * 1000))  # noqa: E731
                 logged = self.sessions.run(
                     monitor, session_judges, writer, stats.count, now_ms, renew
                 )
                 stats.feedback_logged += logged
-            if self._sweep_due(now_ms):
+            if self._sweep_due(now_ms) and not ctx.lost:
                 self._sweep(ctx, now_ms)
         finally:
             self.scorer.settle()  # nothing of this pass may still be writing after it
@@ -300,7 +309,7 @@ class MonitorEngine:
         if self._sessions is None:
             client = self.source.client
             self._sessions = SessionPass.create(
-                self.experiment_id, self.tags, client, self.settings
+                self.experiment_id, self.tags, client, self.settings, self.shards
             )
         return self._sessions
 
@@ -338,8 +347,17 @@ class MonitorEngine:
     def _begin(self, ctx: PassContext, page: list[TraceInfo]) -> PageInFlight:
         """Sample the page and start its judges."""
         cursor, stats = ctx.cursor, ctx.stats
-        to_score = [i for i in page if _ahead(cursor.score, i)]
-        to_export = [i for i in page if _ahead(cursor.export, i)] if ctx.export else []
+        mine = [i for i in page if self.shards.owns(i.trace_id)]
+        to_score = [i for i in mine if _ahead(cursor.score, i)]
+        to_export = [i for i in mine if _ahead(cursor.export, i)] if ctx.export else []
+        overlap = self.shards.handed_over
+        if to_export and overlap.in_overlap(to_export[0].timestamp_ms, to_export[0].trace_id):
+            old = self.shards.exported_by_old(ctx.export)  # exported by the layout before
+            to_export = [
+                i
+                for i in to_export
+                if not (overlap.in_overlap(i.timestamp_ms, i.trace_id) and i.trace_id in old)
+            ]
         stats.traces += len(to_score)
         due = self._due(ctx, to_score, stats)
         outcomes = self.scorer.score(ctx.writer, due) if due else iter(())
@@ -351,11 +369,13 @@ class MonitorEngine:
         self._collect(ctx, p.due, p.outcomes, stats)
         exported = export is not None
         if p.to_export and export is not None:
-            batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{p.page[0].trace_id}"
+            since = cursor.export.timestamp_ms if cursor.export else 0
+            batch_key = f"{self.shards.batch_prefix()}{since}-{p.page[0].trace_id}"
             exported = self._export(export, batch_key, [i.trace_id for i in p.to_export], stats)
         cursor.advance(p.page[-1], score=True, export=exported)
         self._save_cursor(ctx.monitor, cursor)
-        self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
+        if not self.shards.renew(int(time.time() * 1000)):  # a long catch-up keeps it
+            ctx.lost = True  # another daemon has it, or the layout changed: stop here
 
     def _score(
         self,
@@ -498,8 +518,8 @@ class MonitorEngine:
 
     def _resync_due(self, now_ms: int) -> bool:
         every_ms = self.settings.resync_every_s * 1000
-        if not every_ms:
-            return False
+        if not every_ms or self.shards.shard.sharded:
+            return False  # shards: partitions are shared, replaced whole by no one replica
         if self._last_resync_ms is None:
             self._last_resync_ms = now_ms  # the first re-sync comes one period after start
         return now_ms - self._last_resync_ms >= every_ms
@@ -538,7 +558,7 @@ class MonitorEngine:
             return bool(states) or info.trace_id in exported
 
         for page in self.source.infos_after(floor, self.settings.page_size, until_ms=until):
-            page = [i for i in page if not _ahead(cursor.score, i)]
+            page = [i for i in page if not _ahead(cursor.score, i) and self.shards.owns(i.trace_id)]
             if not page:
                 continue
             for info in page:
@@ -546,7 +566,8 @@ class MonitorEngine:
             self._score(ctx, page, sweep, seen)
             late = [i.trace_id for i in page if i.trace_id not in exported]
             if export and late and not _ahead(cursor.export, page[-1]):
-                self._export(export, f"late-{uuid.uuid4().hex}", late, stats)
+                key = f"{self.shards.batch_prefix()}late-{uuid.uuid4().hex}"
+                self._export(export, key, late, stats)
         stats.feedback_logged += sweep.feedback_logged
         for judge, counts in sweep.judges.items():
             for what in ("scored", "failed"):

@@ -1,0 +1,154 @@
+"""Shards: replicas split a monitor's traces; a change of their number or a dead replica loses
+nothing and does nothing twice (docs/scaling.md)."""
+
+import json
+from collections import Counter
+
+import mlflow
+import pytest
+
+from mlflow_monitor_plugin import create_external_monitor
+from mlflow_monitor_plugin.config.tags import NAMESPACE
+from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.shards import (
+    LEGACY,
+    Layout,
+    Shard,
+    handover,
+    parse_shard,
+    shard_from_hostname,
+)
+from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
+from mlflow_monitor_plugin.exceptions import MonitorConfigError
+from mlflow_monitor_plugin.scoring.runner import ScoringSettings
+from tests.survival import audit, expected_pairs, export_ids
+from tests.traces_factory import log_traces
+
+IDS = [f"tr-{i:032x}" for i in range(3000)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 6])
+def test_every_trace_has_exactly_one_shard(count):
+    owners = Counter(sum(Shard(k, count).owns(t) for k in range(count)) for t in IDS)
+    assert owners == Counter({1: len(IDS)})
+
+
+def test_shards_split_the_sampled_traces_evenly_whatever_the_rate():
+    sampled = [t for t in IDS if is_sampled(t, "m-1", 0.2)]  # the sampling hash is another one
+    sizes = [sum(Shard(k, 4).owns(t) for t in sampled) for k in range(4)]
+    assert min(sizes) > 0.8 * len(sampled) / 4, sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "shard"), [("0/1", Shard(0, 1)), ("2/4", Shard(2, 4)), (" 3 / 6 ", Shard(3, 6))]
+)
+def test_parse_shard(text, shard):
+    assert parse_shard(text) == shard
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("4/4", "K from 0 to N - 1 = 3"), ("1", "K/N, e.g. 0/4"), ("0/0", "from 1 to 1024")],
+)
+def test_parse_shard_names_what_is_allowed(text, message):
+    with pytest.raises(MonitorConfigError, match=message):
+        parse_shard(text)
+
+
+def test_shard_from_hostname_is_the_statefulset_ordinal():
+    assert shard_from_hostname("mlflow-monitor-3", 6) == Shard(3, 6)
+    with pytest.raises(MonitorConfigError, match="ending in -<ordinal>"):
+        shard_from_hostname("laptop", 2)
+    with pytest.raises(MonitorConfigError, match="K from 0 to N - 1 = 1"):
+        shard_from_hostname("mlflow-monitor-2", 2)
+
+
+def test_shard_state_keys_keep_the_unsharded_daemons_tags():
+    assert Shard(0, 1).key("checkpoint") == "checkpoint"
+    assert Shard(1, 3).key("lease") == "lease.shard-1-of-3"
+
+
+def test_handover_starts_at_the_lowest_old_position_and_overlaps_to_the_highest():
+    a, b, c = Checkpoint(10, "a"), Checkpoint(20, "b"), Checkpoint(30, "c")
+    h = handover([(a, b), (b, c)], sessions=[a, b])
+    assert (h.start, h.until, h.sessions) == (a, c, a)
+    assert h.in_overlap(30, "c") and not h.in_overlap(30, "d")
+    never_ran = handover([(a, b), (None, None)])
+    assert never_ran.start is None and never_ran.until == b  # its traces: from the beginning
+    assert handover([]).until is None
+
+
+def test_a_layout_that_never_handed_over_hands_over_from_its_predecessor():
+    three = LEGACY.changed_to(3)
+    assert (three.epoch, three.previous, three.handover) == (1, (1, 0), None)
+    assert three.changed_to(4).previous == (1, 0)  # the 3 shards never ran: nothing of theirs
+    assert Layout.from_dict(three.to_dict(), "x") == three
+
+
+# -- replicas on a real store -----------------------------------------------------------------
+FAST = ScoringSettings(workers=4, attempts=1, backoff_s=0.01, backoff_max_s=0.05)
+
+
+def settings(shard):
+    return EngineSettings(page_size=5, scoring=FAST, shard=shard, windows=False)
+
+
+def replica(experiment_id, k, n):
+    return MonitorEngine.create(experiment_id, settings(Shard(k, n)))
+
+
+def test_resharding_after_a_replica_died_mid_page_scores_and_exports_each_trace_once(
+    sqlite_experiment_id, fake_judge, tmp_path
+):
+    exp = sqlite_experiment_id
+    ids = log_traces(30, retriever=False)
+    rates = {"safety": 0.5, "pii_detection": 0.5}
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d", export_uri=str(tmp_path / "export"),
+        assessments_config={"sample": 0.5, "assessments": [{"name": "safety"},
+                                                          {"name": "pii_detection"}]},
+    )  # fmt: skip
+    a, b = replica(exp, 0, 2), replica(exp, 1, 2)
+    a.run_pass(max_pages=3)
+    b.run_pass(max_pages=1)
+    b_key = NAMESPACE + "checkpoint.shard-1-of-2"
+    before = mlflow.MlflowClient().get_experiment(exp).tags[b_key]
+    b.run_pass(max_pages=1)  # its verdicts and export land, then it "dies" before its checkpoint:
+    mlflow.MlflowClient().set_experiment_tag(exp, b_key, before)  # its lease stays, held
+    ids += log_traces(20, retriever=False, prefix="more")
+
+    new = [replica(exp, k, 3) for k in range(3)]
+    waiting = new[0].run_pass()
+    assert "waiting for the replicas of the previous layout (2 shards)" in waiting.skipped
+    fenced = a.run_pass()  # the live old replica stands by from now on, and lets its lease go
+    assert "now runs as 3 shard(s)" in fenced.skipped
+    assert new[0].run_pass().skipped  # the dead one's lease has not expired yet
+    later = int(mlflow.MlflowClient().get_experiment(exp).last_update_time) + 120_000
+    for _ in range(6):  # until idle
+        stats = [engine.run_pass(now_ms=later) for engine in new]
+        assert not any(s.skipped for s in stats)
+        if not any(s.traces for s in stats):
+            break
+
+    layout = json.loads(mlflow.MlflowClient().get_experiment(exp).tags[NAMESPACE + "layout"])
+    assert layout["shards"] == 3 and layout["handover"]["until"] is not None
+    found = audit(exp, m.monitor_id)
+    assert found.complete == expected_pairs(ids, m.monitor_id, rates)
+    assert not found.partial and not found.errors
+    # Nothing judged twice: one judge call per sampled safety pair, over both layouts.
+    assert fake_judge.count("ok") == sum(1 for t in ids if is_sampled(t, m.monitor_id, 0.5))
+    exported = export_ids(m.export_uri)
+    assert sorted(exported) == sorted(ids)  # every trace once, in one dataset
+
+
+def test_two_replicas_of_one_shard_are_active_and_standby(sqlite_experiment_id):
+    log_traces(4, retriever=False)
+    create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )  # fmt: skip
+    first, second = replica(sqlite_experiment_id, 1, 2), replica(sqlite_experiment_id, 1, 2)
+    assert not first.run_pass().skipped
+    assert second.run_pass().skipped == "another daemon holds its lease"
+    assert not replica(sqlite_experiment_id, 0, 2).run_pass().skipped  # another shard: works
