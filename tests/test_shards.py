@@ -152,3 +152,41 @@ def test_two_replicas_of_one_shard_are_active_and_standby(sqlite_experiment_id):
     assert not first.run_pass().skipped
     assert second.run_pass().skipped == "another daemon holds its lease"
     assert not replica(sqlite_experiment_id, 0, 2).run_pass().skipped  # another shard: works
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--shard", "3/3"], {}, "K from 0 to N - 1 = 2"),
+        (["--shard-from-hostname"], {"HOSTNAME": "mon-1"}, "--shards N"),
+        (["--shard-from-hostname", "--shards", "2"], {"HOSTNAME": "laptop"}, "-<ordinal>"),
+        (["--shard", "0/2", "--shards", "3"], {}, "--shard 0/2 is of 2 shards, --shards 3"),
+        (["--shards", "3"], {}, "goes with --shard-from-hostname"),
+    ],
+)
+def test_run_refuses_a_bad_shard_with_exit_2(args, env, message):
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin.cli import monitor
+
+    result = CliRunner().invoke(monitor, ["run", "--once", *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_run_once_from_a_statefulset_hostname_works_its_shard(sqlite_experiment_id, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin.cli import monitor
+
+    ids = log_traces(12, retriever=False)
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )  # fmt: skip
+    env = {"HOSTNAME": "mlflow-monitor-1", "MLFLOW_MONITOR_SHARDS": "2"}
+    args = ["run", "--once", "-x", sqlite_experiment_id, "--shard-from-hostname", "--no-export"]
+    result = CliRunner().invoke(monitor, args, env=env)
+    assert result.exit_code == 0, result.output
+    judged = {t for t, _ in audit(sqlite_experiment_id, m.monitor_id).complete}
+    assert judged == {t for t in ids if Shard(1, 2).owns(t)}

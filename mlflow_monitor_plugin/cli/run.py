@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -16,6 +17,7 @@ from mlflow_monitor_plugin.cli.options import (
     output_option,
 )
 from mlflow_monitor_plugin.cli.quality import metrics_options, serving_metrics
+from mlflow_monitor_plugin.cli.shards import shard_from_options, shard_options
 from mlflow_monitor_plugin.engine.daemon import DEFAULT_INTERVAL_S
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings
 from mlflow_monitor_plugin.redact import configure_logging
@@ -120,6 +122,7 @@ def _settings(
     help="Seconds between passes (at least 1).",
 )
 @engine_options
+@shard_options
 @daemon_alert_options
 @metrics_options
 @log_level_option
@@ -145,13 +148,16 @@ def run_command(
       mlflow monitor run -x 123 --interval 1   # one experiment, a pass every second
       mlflow monitor run -x 123 --once         # catch up, then exit
       mlflow monitor run --metrics-port 9464   # and serve /metrics and /healthz
+      mlflow monitor run --shard 1/4           # one of 4 replicas splitting the traces
     """
     from mlflow_monitor_plugin.engine.daemon import Daemon
     from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 
     configure_logging(log_level)
+    shard = shard_from_options(engine)  # takes the --shard* options out of `engine`
     alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
-    daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine), alerts=alerts)
+    settings = dataclasses.replace(_settings(**engine), shard=shard)
+    daemon = Daemon(list(experiment_ids) or None, interval, settings, alerts=alerts)
     with (
         serving_metrics(daemon, metrics_host, metrics_port, interval),
         judge_proxy(_proxy_settings(engine)),
