@@ -190,3 +190,8 @@ def test_run_once_from_a_statefulset_hostname_works_its_shard(sqlite_experiment_
     assert result.exit_code == 0, result.output
     judged = {t for t, _ in audit(sqlite_experiment_id, m.monitor_id).complete}
     assert judged == {t for t in ids if Shard(1, 2).owns(t)}
+    status = CliRunner().invoke(monitor, ["status", "-x", sqlite_experiment_id, "--output", "json"])
+    shards = json.loads(status.output)["shards"]
+    assert [s["shard"] for s in shards] == ["0/2", "1/2"]
+    assert shards[0]["checkpoint"] is None and shards[1]["checkpoint"] is not None
+    assert json.loads(status.output)["checkpoint"] is None  # the lowest: shard 0 never ran

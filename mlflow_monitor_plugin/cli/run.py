@@ -243,6 +243,8 @@ def status_command(experiment_id: str | None, experiment_name: str | None, outpu
         click.echo(f"{key + ':':<19}{status[key]}")
     if status.get("concurrency"):
         click.echo(f"{'concurrency:':<19}{_concurrency(status['concurrency'])}")
+    for shard in status.get("shards") or []:
+        click.echo(f"{'shard ' + shard['shard'] + ':':<19}{shard['checkpoint']}")
     _print_rows(
         status["judges"],
         "table",

@@ -151,6 +151,10 @@ class PageInFlight:
     outcomes: Iterator[Outcome]
 
 
+def _lowest(cursors: list[Checkpoint | None]) -> Checkpoint | None:
+    return None if None in cursors else min(c for c in cursors if c is not None)
+
+
 def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
     return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
 
@@ -233,6 +237,10 @@ class MonitorEngine:
 
     # -- state in tags -------------------------------------------------------------------
     def read_cursor(self, monitor: ExternalMonitor) -> Cursor:
+        if not self.shards.started:  # a reader (status, backfill): the lowest of every shard
+            shards = self.shards.shard_cursors(monitor.monitor_id)
+            if len(shards) > 1:
+                return Cursor(_lowest([s for _, s, _ in shards]), _lowest([e for *_, e in shards]))
         stored = self.tags.read_json(self.experiment_id, self.shards.key(CHECKPOINT_KEY)) or {}
         if not self.shards.current(stored, monitor.monitor_id):
             # A new monitor starts from the experiment's first trace, a new layout where the

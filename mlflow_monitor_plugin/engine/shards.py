@@ -42,6 +42,7 @@ from mlflow_monitor_plugin.engine.lease import LEASE_KEY, Lease, holder_alive
 _logger = logging.getLogger(__name__)
 
 LAYOUT_KEY = "layout"
+ShardCursor = tuple[Shard, Checkpoint | None, Checkpoint | None]  # (shard, score, export)
 CHECKPOINT_KEY = "checkpoint"
 SESSIONS_KEY = "sessions"
 
@@ -201,6 +202,29 @@ class ShardWork:
         )  # fmt: skip
         self._write_layout(done)
         return done
+
+    # -- readers (status, backfill): the layout's cursors, not one shard's ------------------
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def shard_cursors(self, monitor_id: str) -> list[ShardCursor]:
+        """For a reader that is no replica: every shard of the layout in force, with its score
+        and export cursors (a shard that has not started yet: where the layout starts)."""
+        all_tags = self.tags.experiment_tags(self.experiment_id)
+        self.layout = self._read_layout(all_tags)
+        where = f"of experiment {self.experiment_id}"
+        found = []
+        for shard in [Shard(k, self.layout.count) for k in range(self.layout.count)]:
+            raw = all_tags.get(NAMESPACE + shard.key(CHECKPOINT_KEY))
+            stored = json.loads(raw) if raw else {}
+            if self.current(stored, monitor_id):
+                score = Checkpoint.from_dict(stored.get("score"), where)
+                export = Checkpoint.from_dict(stored.get("export"), where)
+            else:
+                score = export = self.handed_over.start
+            found.append((shard, score, export))
+        return found
 
     # -- the export in the overlap -----------------------------------------------------------
     def exported_by_old(self, export: Any) -> set[str]:
