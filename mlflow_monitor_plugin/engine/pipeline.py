@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +31,14 @@ from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_m
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.shards import Shard
 from mlflow_monitor_plugin.engine.lease import new_owner
+from mlflow_monitor_plugin.engine.passes import (
+    Cursor,
+    PageInFlight,
+    PassContext,
+    PassStats,
+    is_ahead,
+    lowest,
+)
 from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.engine.shards import CHECKPOINT_KEY, ShardWork
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
@@ -62,101 +70,6 @@ class EngineSettings:
     windows: bool = True  # quality windows, charts and live metrics (observe/)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     shard: Shard | None = None  # this replica's share of the traces (engine/shards.py)
-
-
-@dataclass
-class PassStats:
-    experiment_id: str
-    traces: int = 0
-    exported: int = 0
-    feedback_logged: int = 0
-    duplicates_removed: int = 0
-    judges: dict[str, Counter[str]] = field(default_factory=dict)
-    export_error: str | None = None
-    skipped: str | None = None
-    seconds: float = 0.0
-
-    def count(self, judge: str, what: str, n: int = 1) -> None:
-        self.judges.setdefault(judge, Counter())[what] += n
-
-    def total(self, what: str) -> int:
-        return sum(c[what] for c in self.judges.values())
-
-    def summary(self) -> str:
-        if self.skipped:
-            return f"experiment {self.experiment_id}: skipped ({self.skipped})"
-        # A verdict is one judge's answer on one trace; pairs are the (trace, judge) sampled.
-        parts = [
-            f"experiment {self.experiment_id}: {self.traces} traces",
-            f"{self.total('scored')} verdicts",
-            f"{self.total('failed')} failed",
-            f"{self.total('sampled')} trace-judge pairs sampled",
-            f"{self.exported} exported",
-            f"{self.seconds:.2f}s",
-        ]
-        if self.export_error:
-            parts.append(f"export failed: {self.export_error}")
-        return ", ".join(parts)
-
-
-@dataclass
-class Cursor:
-    score: Checkpoint | None
-    export: Checkpoint | None
-
-    def start(self, exporting: bool) -> Checkpoint | None:
-        """Where the pass resumes: the score cursor, or the export cursor when it lags."""
-        if not exporting:
-            return self.score
-        if self.score is None or self.export is None:
-            return None
-        return min(self.score, self.export)
-
-    def advance(self, last: TraceInfo, score: bool, export: bool) -> None:
-        key = Checkpoint(last.timestamp_ms, last.trace_id)
-        if score and (self.score is None or key > self.score):
-            self.score = key
-        if export and (self.export is None or key > self.export):
-            self.export = key
-
-    def to_dict(self, monitor_id: str) -> dict[str, Any]:
-        return {
-            "monitor_id": monitor_id,
-            "score": self.score.to_dict() if self.score else None,
-            "export": self.export.to_dict() if self.export else None,
-        }
-
-
-@dataclass
-class PassContext:
-    """What one pass works with: the monitor as read at its start, and where it is."""
-
-    monitor: ExternalMonitor
-    judges: list[JudgeSpec]
-    writer: FeedbackWriter
-    cursor: Cursor
-    export: ParquetExporter | None
-    stats: PassStats
-    touched: dict[str, int] = field(default_factory=dict)  # trace id -> request time (observe/)
-    lost: bool = False  # the lease was lost, or the layout changed, between pages
-
-
-@dataclass
-class PageInFlight:
-    """A page whose judges have started: what remains is to collect, export and checkpoint."""
-
-    page: list[TraceInfo]
-    to_export: list[TraceInfo]
-    due: Due
-    outcomes: Iterator[Outcome]
-
-
-def _lowest(cursors: list[Checkpoint | None]) -> Checkpoint | None:
-    return None if None in cursors else min(c for c in cursors if c is not None)
-
-
-def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
-    return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
 
 
 class MonitorEngine:
@@ -240,7 +153,7 @@ class MonitorEngine:
         if not self.shards.started:  # a reader (status, backfill): the lowest of every shard
             shards = self.shards.shard_cursors(monitor.monitor_id)
             if len(shards) > 1:
-                return Cursor(_lowest([s for _, s, _ in shards]), _lowest([e for *_, e in shards]))
+                return Cursor(lowest([s for _, s, _ in shards]), lowest([e for *_, e in shards]))
         stored = self.tags.read_json(self.experiment_id, self.shards.key(CHECKPOINT_KEY)) or {}
         if not self.shards.current(stored, monitor.monitor_id):
             # A new monitor starts from the experiment's first trace, a new layout where the
@@ -356,8 +269,8 @@ class MonitorEngine:
         """Sample the page and start its judges."""
         cursor, stats = ctx.cursor, ctx.stats
         mine = [i for i in page if self.shards.owns(i.trace_id)]
-        to_score = [i for i in mine if _ahead(cursor.score, i)]
-        to_export = [i for i in mine if _ahead(cursor.export, i)] if ctx.export else []
+        to_score = [i for i in mine if is_ahead(cursor.score, i)]
+        to_export = [i for i in mine if is_ahead(cursor.export, i)] if ctx.export else []
         overlap = self.shards.handed_over
         if to_export and overlap.in_overlap(to_export[0].timestamp_ms, to_export[0].trace_id):
             old = self.shards.exported_by_old(ctx.export)  # exported by the layout before
@@ -566,14 +479,15 @@ class MonitorEngine:
             return bool(states) or info.trace_id in exported
 
         for page in self.source.infos_after(floor, self.settings.page_size, until_ms=until):
-            page = [i for i in page if not _ahead(cursor.score, i) and self.shards.owns(i.trace_id)]
+            page = [i for i in page if not is_ahead(cursor.score, i)]
+            page = [i for i in page if self.shards.owns(i.trace_id)]
             if not page:
                 continue
             for info in page:
                 stats.duplicates_removed += ctx.writer.reconcile(info)
             self._score(ctx, page, sweep, seen)
             late = [i.trace_id for i in page if i.trace_id not in exported]
-            if export and late and not _ahead(cursor.export, page[-1]):
+            if export and late and not is_ahead(cursor.export, page[-1]):
                 key = f"{self.shards.batch_prefix()}late-{uuid.uuid4().hex}"
                 self._export(export, key, late, stats)
         stats.feedback_logged += sweep.feedback_logged
