@@ -2,6 +2,7 @@
 nothing and does nothing twice (docs/scaling.md)."""
 
 import json
+import uuid
 from collections import Counter
 
 import mlflow
@@ -98,10 +99,18 @@ def replica(experiment_id, k, n):
     return MonitorEngine.create(experiment_id, settings(Shard(k, n)))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_experiment_id(request):
+    """A new experiment on a SQLite store, or on `mlflow server` on PostgreSQL."""
+    store = {"sqlite": "sqlite_uri", "postgres": "postgres_rest_uri"}[request.param]
+    request.getfixturevalue(store)
+    return mlflow.set_experiment(f"exp-{uuid.uuid4().hex[:12]}").experiment_id
+
+
 def test_resharding_after_a_replica_died_mid_page_scores_and_exports_each_trace_once(
-    sqlite_experiment_id, fake_judge, tmp_path
+    store_experiment_id, fake_judge, tmp_path
 ):
-    exp = sqlite_experiment_id
+    exp = store_experiment_id
     ids = log_traces(30, retriever=False)
     rates = {"safety": 0.5, "pii_detection": 0.5}
     m = create_external_monitor(
