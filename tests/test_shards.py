@@ -204,3 +204,18 @@ def test_run_once_from_a_statefulset_hostname_works_its_shard(sqlite_experiment_
     assert [s["shard"] for s in shards] == ["0/2", "1/2"]
     assert shards[0]["checkpoint"] is None and shards[1]["checkpoint"] is not None
     assert json.loads(status.output)["checkpoint"] is None  # the lowest: shard 0 never ran
+
+
+def test_a_restarted_container_takes_its_dead_predecessors_lease_at_once():
+    """A StatefulSet pod restarted under the same name, as pid 1 again: the lease's owner names
+    the same host and pid, but a process started at another time."""
+    from mlflow_monitor_plugin.engine.lease import holder_alive, new_owner
+
+    me = new_owner()
+    host, pid, _, started = me.split(":")
+    assert started.isdigit()  # Linux
+    assert holder_alive({"owner": me})
+    assert holder_alive({"owner": f"{host}:{pid}:0badc0de:{started}"})  # another engine of ours
+    assert not holder_alive({"owner": f"{host}:{pid}:0badc0de:{int(started) - 1}"})
+    assert holder_alive({"owner": f"{host}:{pid}:0badc0de"})  # an owner written before: as before
+    assert holder_alive({"owner": f"elsewhere:{pid}:0badc0de:1"})
