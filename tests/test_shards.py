@@ -219,3 +219,40 @@ def test_a_restarted_container_takes_its_dead_predecessors_lease_at_once():
     assert not holder_alive({"owner": f"{host}:{pid}:0badc0de:{int(started) - 1}"})
     assert holder_alive({"owner": f"{host}:{pid}:0badc0de"})  # an owner written before: as before
     assert holder_alive({"owner": f"elsewhere:{pid}:0badc0de:1"})
+
+
+def test_an_unsharded_daemon_mid_pass_stops_after_its_page_when_shards_take_over(
+    sqlite_experiment_id, fake_judge, tmp_path
+):
+    import threading
+    import time
+
+    exp = sqlite_experiment_id
+    ids = log_traces(40, retriever=False)
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d", export_uri=str(tmp_path / "export"),
+        assessments_config={"assessments": [{"name": "safety"}]},
+    )  # fmt: skip
+    fake_judge.behaviour.latency_s = 0.1  # a page of 5 takes a while: the pass is long
+    old = MonitorEngine.create(exp, EngineSettings(page_size=5, scoring=FAST, windows=False))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(stats=old.run_pass()))
+    worker.start()
+    client = mlflow.MlflowClient()
+    while NAMESPACE + "checkpoint" not in client.get_experiment(exp).tags:
+        time.sleep(0.05)  # its first page is done
+    new = [replica(exp, k, 2) for k in range(2)]
+    assert "waiting for the replicas of the previous layout (1 shards)" in new[0].run_pass().skipped
+    worker.join(60)
+    assert result["stats"].traces < 40  # it stopped early, after the page(s) in flight
+    assert not old.lease.held  # and let its lease go
+    for _ in range(6):
+        stats = [engine.run_pass() for engine in new]
+        assert not any(s.skipped for s in stats)
+        if not any(s.traces for s in stats):
+            break
+    found = audit(exp, m.monitor_id)
+    assert found.complete == expected_pairs(ids, m.monitor_id, {"safety": 1.0})
+    assert fake_judge.count("ok") == len(ids)
+    assert sorted(export_ids(m.export_uri)) == sorted(ids)
+    assert "now runs as 2 shard(s)" in old.run_pass().skipped

@@ -217,6 +217,8 @@ class MonitorEngine:
             self.scorer.settle()  # nothing of this pass may still be writing after it
             if self._sessions is not None:
                 self._sessions.runner.settle()
+        if ctx.lost:
+            self.shards.stand_down()
         self._publish_concurrency(final=True)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)

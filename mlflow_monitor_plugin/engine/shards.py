@@ -122,12 +122,17 @@ class ShardWork:
         """Renew the lease between pages; False when it is lost or the layout changed."""
         layout = self._read_layout(self.tags.experiment_tags(self.experiment_id))
         if layout.count != self.shard.count:
-            self._fenced(layout)
+            self._fenced(layout, release=False)  # the pages in flight finish first
             return False
         return self.lease.acquire(now_ms)
 
-    def _fenced(self, layout: Layout) -> str:
-        if self.lease.held:
+    def stand_down(self) -> None:
+        """After a pass stopped by a change of layout: let the new layout's replicas start."""
+        if self._fenced_logged and self.lease.held:
+            self.lease.release()
+
+    def _fenced(self, layout: Layout, release: bool = True) -> str:
+        if release and self.lease.held:
             self.lease.release()
         reason = (
             f"the monitor now runs as {layout.count} shard(s) and this daemon as shard "
