@@ -256,3 +256,32 @@ def test_an_unsharded_daemon_mid_pass_stops_after_its_page_when_shards_take_over
     assert fake_judge.count("ok") == len(ids)
     assert sorted(export_ids(m.export_uri)) == sorted(ids)
     assert "now runs as 2 shard(s)" in old.run_pass().skipped
+
+
+def test_a_layout_whose_shards_saved_no_cursor_hands_over_what_the_one_before_did(
+    sqlite_experiment_id, tmp_path
+):
+    exp = sqlite_experiment_id
+    ids = log_traces(12, retriever=False)
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d", export_uri=str(tmp_path / "export"),
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )  # fmt: skip
+    single = MonitorEngine.create(exp, EngineSettings(scoring=FAST, windows=False))
+    assert single.run_pass().traces == 12
+    legacy = single.read_cursor(m).score
+    single.release_lease()  # it stops
+    two = replica(exp, 0, 2)
+    stats = two.run_pass()
+    assert not stats.skipped and stats.traces == 0  # nothing new: it saves no cursor
+    ids += log_traces(5, retriever=False, prefix="more")
+    new = [replica(exp, k, 3) for k in range(3)]
+    assert new[0].run_pass().skipped  # it claims the layout, and waits for shard 0/2
+    assert two.run_pass().skipped  # which stands by now
+    runs = [engine.run_pass() for engine in new]
+    assert sum(s.traces for s in runs) == 5, [s.skipped for s in runs]  # the 12 done: not walked
+    layout = json.loads(mlflow.MlflowClient().get_experiment(exp).tags[NAMESPACE + "layout"])
+    assert layout["handover"]["start"] == layout["handover"]["until"] == legacy.to_dict()
+    assert sorted(export_ids(m.export_uri)) == sorted(ids)
+    expected = expected_pairs(ids, m.monitor_id, {"pii_detection": 1.0})
+    assert audit(exp, m.monitor_id).complete == expected

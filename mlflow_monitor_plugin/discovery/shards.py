@@ -126,11 +126,15 @@ def _lowest(cursors: list[Checkpoint | None]) -> Checkpoint | None:
 def handover(
     positions: Iterable[tuple[Checkpoint | None, Checkpoint | None]],
     sessions: Iterable[Checkpoint | None] = (),
+    base: Handover | None = None,
 ) -> Handover:
     """From each old shard's (resume position, furthest position), the new layout's start (the
-    lowest resume position) and the end of the overlap (the furthest position of any)."""
+    lowest resume position) and the end of the overlap (the furthest position of any, or of
+    the old layout's own overlap, ``base``)."""
     pairs = list(positions)
     reached = [c for _, furthest in pairs for c in [furthest] if c is not None]
+    if base is not None and base.until is not None:
+        reached.append(base.until)
     return Handover(
         _lowest([resume for resume, _ in pairs]),
         max(reached) if reached else None,
@@ -145,7 +149,8 @@ class Layout:
     count: int
     epoch: int
     previous: tuple[int, int] | None  # (count, epoch) of the layout before
-    handover: Handover | None
+    handover: Handover | None  # where this layout's shards start; None until computed
+    base: Handover = NOTHING  # the layout before's own handover: where its idle shards stood
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +158,7 @@ class Layout:
             "epoch": self.epoch,
             "previous": list(self.previous) if self.previous else None,
             "handover": self.handover.to_dict() if self.handover else None,
+            "base": self.base.to_dict(),
         }
 
     @classmethod
@@ -167,6 +173,7 @@ class Layout:
                 int(value["epoch"]),
                 (int(previous[0]), int(previous[1])) if previous else None,
                 Handover.from_dict(handover_value, where) if handover_value else None,
+                Handover.from_dict(value.get("base") or {}, where),
             )
         except (KeyError, TypeError, ValueError, IndexError):
             raise MonitorConfigError(
@@ -176,8 +183,9 @@ class Layout:
     def changed_to(self, count: int) -> Layout:
         """The next layout, of ``count`` shards. When this one never finished its handover,
         its own shards did nothing, so the next one hands over from this one's predecessor."""
-        previous = (self.count, self.epoch) if self.handover is not None else self.previous
-        return Layout(count, self.epoch + 1, previous, None)
+        if self.handover is None:
+            return Layout(count, self.epoch + 1, self.previous, None, self.base)
+        return Layout(count, self.epoch + 1, (self.count, self.epoch), None, self.handover)
 
 
 LEGACY = Layout(1, 0, None, NOTHING)  # no layout tag: one daemon, as before shards existed

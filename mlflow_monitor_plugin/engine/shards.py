@@ -189,18 +189,24 @@ class ShardWork:
         for shard in self._old_shards(layout):
             raw = all_tags.get(NAMESPACE + shard.key(CHECKPOINT_KEY))
             stored = json.loads(raw) if raw else {}
-            score = export = None
+            base = layout.base  # where an old shard that never saved a cursor stood
             if stored.get("monitor_id") == monitor_id and _cursor_epoch(stored) == old_epoch:
                 score = Checkpoint.from_dict(stored.get("score"), where)
                 export = Checkpoint.from_dict(stored.get("export"), where)
-            resume = score if not exporting else (min(score, export) if score and export else None)
-            furthest = max((c for c in (score, export) if c), default=None)
-            positions.append((resume, furthest))
+                resume = (
+                    score if not exporting else (min(score, export) if score and export else None)
+                )
+                positions.append((resume, max((c for c in (score, export) if c), default=None)))
+            else:
+                positions.append((base.start, None))
             raw = all_tags.get(NAMESPACE + shard.key(SESSIONS_KEY))
             stored = json.loads(raw) if raw else {}
             ok = stored.get("monitor_id") == monitor_id and _cursor_epoch(stored) == old_epoch
-            sessions.append(Checkpoint.from_dict(stored.get("cursor"), where) if ok else None)
-        done = Layout(layout.count, layout.epoch, layout.previous, handover(positions, sessions))
+            sessions.append(
+                Checkpoint.from_dict(stored.get("cursor"), where) if ok else base.sessions
+            )
+        found = handover(positions, sessions, layout.base)
+        done = Layout(layout.count, layout.epoch, layout.previous, found, layout.base)
         _logger.info(
             "Experiment %s: layout of %d shard(s) starts at %s; old shards reached %s",
             self.experiment_id, done.count, done.handover.start, done.handover.until,
