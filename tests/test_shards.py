@@ -285,3 +285,29 @@ def test_a_layout_whose_shards_saved_no_cursor_hands_over_what_the_one_before_di
     assert sorted(export_ids(m.export_uri)) == sorted(ids)
     expected = expected_pairs(ids, m.monitor_id, {"pii_detection": 1.0})
     assert audit(exp, m.monitor_id).complete == expected
+
+
+def test_sessions_are_sharded_by_session_id(sqlite_experiment_id, fake_judge):
+    import time
+
+    from tests.test_sessions import session_verdicts
+    from tests.traces_factory import log_agent_traces
+
+    sessions = [f"chat-{i}" for i in range(6)]
+    for s in sessions:
+        log_agent_traces(1, session=s, prefix=s)
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"assessments": [{"name": "user_frustration"}]},
+    )  # fmt: skip
+    quiet = int(time.time() * 1000) + 400_000  # every session is quiet by then
+    shards = [replica(sqlite_experiment_id, k, 2) for k in range(2)]
+    judged = []
+    for k, engine in enumerate(shards):
+        before = set(session_verdicts(sqlite_experiment_id, m.monitor_id))
+        engine.run_pass(now_ms=quiet)
+        mine = set(session_verdicts(sqlite_experiment_id, m.monitor_id)) - before
+        assert {s for s, _ in mine} == {s for s in sessions if Shard(k, 2).owns(s)}
+        judged += mine
+    assert sorted(judged) == sorted((s, "user_frustration") for s in sessions)
+    assert fake_judge.count("ok") == len(sessions)  # each judged once
