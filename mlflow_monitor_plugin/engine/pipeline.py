@@ -184,12 +184,12 @@ class MonitorEngine:
         monitor = self.tags.read_config(self.experiment_id)
         if monitor is None:
             raise MonitorNotFoundError(f"Experiment {self.experiment_id} has no monitor.")
-        export = self._export_for(monitor, now_ms)
-        stats.skipped = self.shards.admit(monitor.monitor_id, now_ms, export is not None)
+        stats.skipped = self.shards.admit(monitor.monitor_id, now_ms, self.settings.export)
         if stats.skipped:
             return stats
         judges = self.judges_for(monitor)
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
+        export = self._export_for(monitor, now_ms)
         cursor = self.read_cursor(monitor)
         trace_judges = [j for j in judges if not j.session]
         ctx = PassContext(monitor, trace_judges, writer, cursor, export, stats)
