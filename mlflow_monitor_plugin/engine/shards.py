@@ -69,7 +69,7 @@ class ShardWork:
         key = self.shard.key(LEASE_KEY)
         self.lease = Lease(tags, experiment_id, owner, ttl_s, sleep or time.sleep, key=key)
         self.layout: Layout = LEGACY
-        self._started = False  # a replica claims the layout at its first pass only
+        self._joined: int | None = None  # the layout epoch this replica claimed or joined
         self._fenced_logged = False
         self._overlap_ids: tuple[int, set[str]] | None = None  # (epoch, exported ids)
 
@@ -103,11 +103,12 @@ class ShardWork:
         """None when this engine may work a pass now, else why it stands by."""
         all_tags = self.tags.experiment_tags(self.experiment_id)
         layout = self._read_layout(all_tags)
-        if layout.count != self.shard.count:
-            if self._started:
-                return self._fenced(layout)
-            layout = self._claim(layout)
-        self._started = True
+        if self._joined is None:  # the first pass: a replica of another count starts a layout
+            if layout.count != self.shard.count:
+                layout = self._claim(layout)
+            self._joined = layout.epoch
+        elif self._replaced(layout):
+            return self._fenced(layout)
         if layout.handover is None:
             if not self._old_leases_free(all_tags, layout, now_ms):
                 old = layout.previous[0] if layout.previous else 1
@@ -121,10 +122,15 @@ class ShardWork:
     def renew(self, now_ms: int) -> bool:
         """Renew the lease between pages; False when it is lost or the layout changed."""
         layout = self._read_layout(self.tags.experiment_tags(self.experiment_id))
-        if layout.count != self.shard.count:
+        if self._replaced(layout):
             self._fenced(layout, release=False)  # the pages in flight finish first
             return False
         return self.lease.acquire(now_ms)
+
+    def _replaced(self, layout: Layout) -> bool:
+        """Whether a newer layout replaced the one this replica joined (even of its count:
+        2 -> 3 -> 2 while it was paused)."""
+        return layout.count != self.shard.count or layout.epoch != self._joined
 
     def stand_down(self) -> None:
         """After a pass stopped by a change of layout: let the new layout's replicas start."""
@@ -135,8 +141,9 @@ class ShardWork:
         if release and self.lease.held:
             self.lease.release()
         reason = (
-            f"the monitor now runs as {layout.count} shard(s) and this daemon as shard "
-            f"{self.shard}; restart it with --shard K/{layout.count}"
+            f"the monitor now runs as {layout.count} shard(s) (layout {layout.epoch}) and this "
+            f"daemon as shard {self.shard} of layout {self._joined}; restart it with "
+            f"--shard K/{layout.count}"
         )
         if not self._fenced_logged:
             self._fenced_logged = True
@@ -217,7 +224,7 @@ class ShardWork:
     # -- readers (status, backfill): the layout's cursors, not one shard's ------------------
     @property
     def started(self) -> bool:
-        return self._started
+        return self._joined is not None
 
     def shard_cursors(self, monitor_id: str) -> list[ShardCursor]:
         """For a reader that is no replica: every shard of the layout in force, with its score
