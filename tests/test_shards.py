@@ -85,6 +85,10 @@ def test_a_layout_that_never_handed_over_hands_over_from_its_predecessor():
     assert (three.epoch, three.previous, three.handover) == (1, (1, 0), None)
     assert three.changed_to(4).previous == (1, 0)  # the 3 shards never ran: nothing of theirs
     assert Layout.from_dict(three.to_dict(), "x") == three
+    done = Layout(3, 1, (1, 0), handover([(Checkpoint(5, "a"), Checkpoint(7, "b"))]))
+    four = done.changed_to(4)
+    assert (four.previous, four.base) == ((3, 1), done.handover)  # idle shards stood there
+    assert Layout.from_dict(four.to_dict(), "x") == four
 
 
 # -- replicas on a real store -----------------------------------------------------------------
