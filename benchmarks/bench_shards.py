@@ -27,6 +27,8 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # a trace is readable once logged
+os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
 
 from benchmarks.harness import (
     PYTHON,
@@ -322,6 +324,7 @@ def main() -> None:
             "store": Store(pg, database_uri),
             "root": root,
             "timeout_s": args.timeout,
+            "env": base_env(MLFLOW_TRACKING_URI=server.url),
         }
         summary["raw"] = [
             raw_log_feedback(ctx, int(p), int(t), args.raw_seconds)
