@@ -134,10 +134,21 @@ class JudgeProcess:
 # -- mlflow server -------------------------------------------------------------------------
 class MlflowServer:
     """``mlflow server`` on its own SQLite file. ``jobs=True`` runs MLflow's job runner (huey
-    consumers) and so its online scoring; ``buffer_s`` sets the trace completion buffer."""
+    consumers) and so its online scoring; ``buffer_s`` sets the trace completion buffer.
+    ``backend`` replaces the SQLite file (e.g. a PostgreSQL URI), with ``workers`` workers."""
 
-    def __init__(self, root: Path, jobs: bool, buffer_s: int | None = None, name: str = "server"):
+    def __init__(
+        self,
+        root: Path,
+        jobs: bool,
+        buffer_s: int | None = None,
+        name: str = "server",
+        backend: str | None = None,
+        workers: int = 1,
+    ):
         self.root = root
+        self.backend = backend
+        self.workers = workers
         self.name = name
         self.jobs = jobs
         self.buffer_s = buffer_s
@@ -170,11 +181,11 @@ class MlflowServer:
             "--port",
             str(self.port),
             "--backend-store-uri",
-            f"sqlite:///{self.db}",
+            self.backend or f"sqlite:///{self.db}",
             "--default-artifact-root",
             str(self.root / "artifacts"),
             "--workers",
-            "1",
+            str(self.workers),
         ]
         self._log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives with the server
         self.proc = subprocess.Popen(

@@ -149,6 +149,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "lag_seconds": None if lag is None else round(lag / 1000, 3),
         "export_uri": monitor.export_uri,
         "concurrency": engine.tags.read_json(monitor.experiment_id, "concurrency"),
+        "shards": _shards(engine, monitor.monitor_id),
         "judges": [
             {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
              ("sampled", "scored", "not_applicable", "failed", "pending")},
@@ -216,6 +217,18 @@ def _budget_fields(monitor: Any, stored: Any) -> dict[str, Any] | None:
         "reason": stored.get("reason"),
         "pace": monitor.cost.pace,
     }
+
+
+def _shards(engine: MonitorEngine, monitor_id: str) -> list[dict[str, Any]] | None:
+    """Each shard's cursors when replicas split the monitor (``run --shard``), else None."""
+    shards = engine.shards.shard_cursors(monitor_id)
+    if len(shards) < 2:
+        return None
+    return [
+        {"shard": str(shard), "checkpoint": score.to_dict() if score else None,
+         "export_checkpoint": export.to_dict() if export else None}
+        for shard, score, export in shards
+    ]  # fmt: skip
 
 
 def _source_fields(judge: JudgeSpec) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -17,6 +18,7 @@ from mlflow_monitor_plugin.cli.options import (
     output_option,
 )
 from mlflow_monitor_plugin.cli.quality import metrics_options, serving_metrics
+from mlflow_monitor_plugin.cli.shards import shard_from_options, shard_options
 from mlflow_monitor_plugin.engine.daemon import DEFAULT_INTERVAL_S
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
@@ -130,6 +132,7 @@ def _settings(
     "used where a monitor's own cost.prices name none; else MLflow's catalog (docs/cost.md).",
 )
 @engine_options
+@shard_options
 @daemon_alert_options
 @metrics_options
 @log_level_option
@@ -156,6 +159,7 @@ def run_command(
       mlflow monitor run -x 123 --interval 1   # one experiment, a pass every second
       mlflow monitor run -x 123 --once         # catch up, then exit
       mlflow monitor run --metrics-port 9464   # and serve /metrics and /healthz
+      mlflow monitor run --shard 1/4           # one of 4 replicas splitting the traces
     """
     from mlflow_monitor_plugin.engine.daemon import Daemon
     from mlflow_monitor_plugin.scoring.proxy import judge_proxy
@@ -163,8 +167,10 @@ def run_command(
     configure_logging(log_level)
     if prices_file:
         use_prices_file(prices_file)
+    shard = shard_from_options(engine)  # takes the --shard* options out of `engine`
     alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
-    daemon = Daemon(list(experiment_ids) or None, interval, _settings(**engine), alerts=alerts)
+    settings = dataclasses.replace(_settings(**engine), shard=shard)
+    daemon = Daemon(list(experiment_ids) or None, interval, settings, alerts=alerts)
     with (
         serving_metrics(daemon, metrics_host, metrics_port, interval),
         judge_proxy(_proxy_settings(engine)),
@@ -278,6 +284,8 @@ def status_command(
         click.echo(f"{key + ':':<19}{status[key]}")
     if status.get("concurrency"):
         click.echo(f"{'concurrency:':<19}{_concurrency(status['concurrency'])}")
+    for shard in status.get("shards") or []:
+        click.echo(f"{'shard ' + shard['shard'] + ':':<19}{shard['checkpoint']}")
     _print_rows(
         status["judges"],
         "table",

@@ -127,7 +127,8 @@ class Daemon:
                 self._record_failure(experiment_id, health, e, report)
                 continue
             health.failures, health.last_error, health.last_stats = 0, None, stats
-            if not stats.skipped:  # the lease holder alone judges the monitor's alerts
+            shard = self.settings.shard  # the lease holder alone, shard 0 of shards, judges
+            if not stats.skipped and (shard is None or shard.index == 0):  # the alerts
                 self.alerts.after_pass(experiment_id, now_ms)
             report.stats.append(stats)
             level = logging.INFO if stats.traces or stats.export_error else logging.DEBUG

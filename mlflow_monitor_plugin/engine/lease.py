@@ -28,14 +28,25 @@ LEASE_KEY = "lease"
 SETTLE_S = 0.3
 
 
+def _started(pid: int) -> str:
+    """When the process started (clock ticks since boot, Linux), or "" where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:nonce:start``; the start time tells a restarted container's daemon, which has
+    the same host name and often the same pid (1) as its dead predecessor, from that one."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}:{_started(pid)}"
 
 
 def holder_alive(lease: dict[str, Any]) -> bool:
     """False only when the holder is a process of this host that no longer runs."""
-    host, _, rest = str(lease.get("owner", "")).partition(":")
-    pid = rest.partition(":")[0]
+    host, pid, _, started = ([*str(lease.get("owner", "")).split(":"), "", "", ""])[:4]
     if host != socket.gethostname() or not pid.isdigit():
         return True
     try:
@@ -44,7 +55,8 @@ def holder_alive(lease: dict[str, Any]) -> bool:
         return False
     except OSError:
         return True  # it exists, under another user
-    return True
+    now = _started(int(pid))
+    return not (started and now and started != now)  # the pid is another process's now
 
 
 class Lease:

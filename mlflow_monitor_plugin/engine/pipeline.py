@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +29,19 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.shards import Shard
 from mlflow_monitor_plugin.engine.budget import Budget
-from mlflow_monitor_plugin.engine.lease import Lease, new_owner
+from mlflow_monitor_plugin.engine.lease import new_owner
+from mlflow_monitor_plugin.engine.passes import (
+    Cursor,
+    PageInFlight,
+    PassContext,
+    PassStats,
+    is_ahead,
+    lowest,
+)
 from mlflow_monitor_plugin.engine.sessions import SessionPass
+from mlflow_monitor_plugin.engine.shards import CHECKPOINT_KEY, ShardWork
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.observe.tracker import STALE_KEY, QualitySettings, QualityTracker
@@ -60,103 +70,14 @@ class EngineSettings:
     export: bool = True
     windows: bool = True  # quality windows, charts and live metrics (observe/)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
-
-
-@dataclass
-class PassStats:
-    experiment_id: str
-    traces: int = 0
-    exported: int = 0
-    feedback_logged: int = 0
-    duplicates_removed: int = 0
-    judges: dict[str, Counter[str]] = field(default_factory=dict)
-    export_error: str | None = None
-    skipped: str | None = None
-    seconds: float = 0.0
-
-    def count(self, judge: str, what: str, n: int = 1) -> None:
-        self.judges.setdefault(judge, Counter())[what] += n
-
-    def total(self, what: str) -> int:
-        return sum(c[what] for c in self.judges.values())
-
-    def summary(self) -> str:
-        if self.skipped:
-            return f"experiment {self.experiment_id}: skipped ({self.skipped})"
-        # A verdict is one judge's answer on one trace; pairs are the (trace, judge) sampled.
-        parts = [
-            f"experiment {self.experiment_id}: {self.traces} traces",
-            f"{self.total('scored')} verdicts",
-            f"{self.total('failed')} failed",
-            f"{self.total('sampled')} trace-judge pairs sampled",
-            f"{self.exported} exported",
-            f"{self.seconds:.2f}s",
-        ]
-        if self.export_error:
-            parts.append(f"export failed: {self.export_error}")
-        return ", ".join(parts)
-
-
-@dataclass
-class Cursor:
-    score: Checkpoint | None
-    export: Checkpoint | None
-
-    def start(self, exporting: bool) -> Checkpoint | None:
-        """Where the pass resumes: the score cursor, or the export cursor when it lags."""
-        if not exporting:
-            return self.score
-        if self.score is None or self.export is None:
-            return None
-        return min(self.score, self.export)
-
-    def advance(self, last: TraceInfo, score: bool, export: bool) -> None:
-        key = Checkpoint(last.timestamp_ms, last.trace_id)
-        if score and (self.score is None or key > self.score):
-            self.score = key
-        if export and (self.export is None or key > self.export):
-            self.export = key
-
-    def to_dict(self, monitor_id: str) -> dict[str, Any]:
-        return {
-            "monitor_id": monitor_id,
-            "score": self.score.to_dict() if self.score else None,
-            "export": self.export.to_dict() if self.export else None,
-        }
-
-
-@dataclass
-class PassContext:
-    """What one pass works with: the monitor as read at its start, and where it is."""
-
-    monitor: ExternalMonitor
-    judges: list[JudgeSpec]
-    writer: FeedbackWriter
-    cursor: Cursor
-    export: ParquetExporter | None
-    stats: PassStats
-    touched: dict[str, int] = field(default_factory=dict)  # trace id -> request time (observe/)
-
-
-@dataclass
-class PageInFlight:
-    """A page whose judges have started: what remains is to collect, export and checkpoint."""
-
-    page: list[TraceInfo]
-    to_export: list[TraceInfo]
-    due: Due
-    outcomes: Iterator[Outcome]
-
-
-def _ahead(cp: Checkpoint | None, info: TraceInfo) -> bool:
-    return cp is None or cp.is_before(info.timestamp_ms, info.trace_id)
+    shard: Shard | None = None  # this replica's share of the traces (engine/shards.py)
 
 
 class MonitorEngine:
     """Runs passes for one experiment's monitor. Collaborators are handed in; ``create`` wires
     the real ones."""
 
-    CHECKPOINT_KEY = "checkpoint"
+    CHECKPOINT_KEY = CHECKPOINT_KEY
 
     def __init__(
         self,
@@ -183,7 +104,10 @@ class MonitorEngine:
         self._sessions: SessionPass | None = None
         self._concurrency_at = float("-inf")
         self._concurrency_last: dict[str, Any] | None = None
-        self.lease = Lease(tags, experiment_id, self.owner, self.settings.lease_ttl_s, sleep)
+        self.shards = ShardWork(
+            tags, experiment_id, self.owner, self.settings.lease_ttl_s, self.settings.shard, sleep
+        )
+        self.lease = self.shards.lease
         self.quality = quality
         self.budget = Budget(tags, experiment_id, self.source)  # cost.daily_budget_usd
 
@@ -206,7 +130,7 @@ class MonitorEngine:
             scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
         tags = MonitorTags(client)
         quality = None
-        if settings.windows:
+        if settings.windows and not (settings.shard and settings.shard.sharded):
             quality = QualityTracker(
                 experiment_id,
                 client,
@@ -230,9 +154,16 @@ class MonitorEngine:
 
     # -- state in tags -------------------------------------------------------------------
     def read_cursor(self, monitor: ExternalMonitor) -> Cursor:
-        stored = self.tags.read_json(self.experiment_id, self.CHECKPOINT_KEY) or {}
-        if stored.get("monitor_id") != monitor.monitor_id:
-            return Cursor(None, None)  # a new monitor starts from the experiment's first trace
+        if not self.shards.started:  # a reader (status, backfill): the lowest of every shard
+            shards = self.shards.shard_cursors(monitor.monitor_id)
+            if len(shards) > 1:
+                return Cursor(lowest([s for _, s, _ in shards]), lowest([e for *_, e in shards]))
+        stored = self.tags.read_json(self.experiment_id, self.shards.key(CHECKPOINT_KEY)) or {}
+        if not self.shards.current(stored, monitor.monitor_id):
+            # A new monitor starts from the experiment's first trace, a new layout where the
+            # old one's shards left off (engine/shards.py).
+            start = self.shards.handed_over.start
+            return Cursor(start, start)
         where = f"of experiment {self.experiment_id}"
         return Cursor(
             Checkpoint.from_dict(stored.get("score"), where),
@@ -240,9 +171,8 @@ class MonitorEngine:
         )
 
     def _save_cursor(self, monitor: ExternalMonitor, cursor: Cursor) -> None:
-        self.tags.write_json(
-            self.experiment_id, self.CHECKPOINT_KEY, cursor.to_dict(monitor.monitor_id)
-        )
+        value = self.shards.stamp(cursor.to_dict(monitor.monitor_id))
+        self.tags.write_json(self.experiment_id, self.shards.key(CHECKPOINT_KEY), value)
 
     def acquire_lease(self, now_ms: int) -> bool:
         return self.lease.acquire(now_ms)
@@ -258,8 +188,8 @@ class MonitorEngine:
         monitor = self.tags.read_config(self.experiment_id)
         if monitor is None:
             raise MonitorNotFoundError(f"Experiment {self.experiment_id} has no monitor.")
-        if not self.acquire_lease(now_ms):
-            stats.skipped = "another daemon holds its lease"
+        stats.skipped = self.shards.admit(monitor.monitor_id, now_ms, self.settings.export)
+        if stats.skipped:
             return stats
         judges = self.budget.start(monitor, self.judges_for(monitor))
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
@@ -274,24 +204,26 @@ class MonitorEngine:
                 in_flight.append(self._begin(ctx, page))
                 while len(in_flight) > PAGES_AHEAD:
                     self._finish(ctx, in_flight.popleft())
-                if max_pages is not None and done >= max_pages:
+                if ctx.lost or (max_pages is not None and done >= max_pages):
                     break
             while in_flight:
                 self._finish(ctx, in_flight.popleft())
             session_judges = [j for j in judges if j.session]
-            if session_judges:
-                renew = lambda: self.acquire_lease(int(time.time() * 1000))  # noqa: E731
+            if session_judges and not ctx.lost:
+                renew = lambda: self.shards.renew(int(time.time() * 1000))  # noqa: E731
                 logged = self.sessions.run(
                     monitor, session_judges, writer, stats.count, now_ms, renew
                 )
                 stats.feedback_logged += logged
-            if self._sweep_due(now_ms):
+            if self._sweep_due(now_ms) and not ctx.lost:
                 self._sweep(ctx, now_ms)
         finally:
             self.scorer.settle()  # nothing of this pass may still be writing after it
             self.budget.finish()
             if self._sessions is not None:
                 self._sessions.runner.settle()
+        if ctx.lost:
+            self.shards.stand_down()
         self._publish_concurrency(final=True)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
@@ -305,7 +237,7 @@ class MonitorEngine:
         if self._sessions is None:
             client = self.source.client
             self._sessions = SessionPass.create(
-                self.experiment_id, self.tags, client, self.settings
+                self.experiment_id, self.tags, client, self.settings, self.shards
             )
         return self._sessions
 
@@ -343,8 +275,17 @@ class MonitorEngine:
     def _begin(self, ctx: PassContext, page: list[TraceInfo]) -> PageInFlight:
         """Sample the page and start its judges."""
         cursor, stats = ctx.cursor, ctx.stats
-        to_score = [i for i in page if _ahead(cursor.score, i)]
-        to_export = [i for i in page if _ahead(cursor.export, i)] if ctx.export else []
+        mine = [i for i in page if self.shards.owns(i.trace_id)]
+        to_score = [i for i in mine if is_ahead(cursor.score, i)]
+        to_export = [i for i in mine if is_ahead(cursor.export, i)] if ctx.export else []
+        overlap = self.shards.handed_over
+        if to_export and overlap.in_overlap(to_export[0].timestamp_ms, to_export[0].trace_id):
+            old = self.shards.exported_by_old(ctx.export)  # exported by the layout before
+            to_export = [
+                i
+                for i in to_export
+                if not (overlap.in_overlap(i.timestamp_ms, i.trace_id) and i.trace_id in old)
+            ]
         stats.traces += len(to_score)
         due = self._due(ctx, to_score, stats)
         outcomes = self.scorer.score(ctx.writer, due) if due else iter(())
@@ -356,11 +297,13 @@ class MonitorEngine:
         self.collect(ctx, p.due, p.outcomes, stats)
         exported = export is not None
         if p.to_export and export is not None:
-            batch_key = f"{cursor.export.timestamp_ms if cursor.export else 0}-{p.page[0].trace_id}"
+            since = cursor.export.timestamp_ms if cursor.export else 0
+            batch_key = f"{self.shards.batch_prefix()}{since}-{p.page[0].trace_id}"
             exported = self._export(export, batch_key, [i.trace_id for i in p.to_export], stats)
         cursor.advance(p.page[-1], score=True, export=exported)
         self._save_cursor(ctx.monitor, cursor)
-        self.acquire_lease(int(time.time() * 1000))  # renew: a long catch-up keeps it
+        if not self.shards.renew(int(time.time() * 1000)):  # a long catch-up keeps it
+            ctx.lost = True  # another daemon has it, or the layout changed: stop here
 
     def _score(
         self,
@@ -505,8 +448,8 @@ class MonitorEngine:
 
     def _resync_due(self, now_ms: int) -> bool:
         every_ms = self.settings.resync_every_s * 1000
-        if not every_ms:
-            return False
+        if not every_ms or self.shards.shard.sharded:
+            return False  # shards: partitions are shared, replaced whole by no one replica
         if self._last_resync_ms is None:
             self._last_resync_ms = now_ms  # the first re-sync comes one period after start
         return now_ms - self._last_resync_ms >= every_ms
@@ -545,15 +488,17 @@ class MonitorEngine:
             return bool(states) or info.trace_id in exported
 
         for page in self.source.infos_after(floor, self.settings.page_size, until_ms=until):
-            page = [i for i in page if not _ahead(cursor.score, i)]
+            page = [i for i in page if not is_ahead(cursor.score, i)]
+            page = [i for i in page if self.shards.owns(i.trace_id)]
             if not page:
                 continue
             for info in page:
                 stats.duplicates_removed += ctx.writer.reconcile(info)
             self._score(ctx, page, sweep, seen)
             late = [i.trace_id for i in page if i.trace_id not in exported]
-            if export and late and not _ahead(cursor.export, page[-1]):
-                self._export(export, f"late-{uuid.uuid4().hex}", late, stats)
+            if export and late and not is_ahead(cursor.export, page[-1]):
+                key = f"{self.shards.batch_prefix()}late-{uuid.uuid4().hex}"
+                self._export(export, key, late, stats)
         stats.feedback_logged += sweep.feedback_logged
         for judge, counts in sweep.judges.items():
             for what in ("scored", "failed"):

@@ -31,6 +31,7 @@ from mlflow_monitor_plugin.discovery.sessions import (
     quiet_until_ms,
     session_ids,
 )
+from mlflow_monitor_plugin.discovery.shards import UNSHARDED
 from mlflow_monitor_plugin.scoring.feedback import (
     SESSION_VERSION_KEY,
     FeedbackWriter,
@@ -59,6 +60,7 @@ class SessionPass:
         late_window_s: float,
         sweep_every_s: float,
         max_failed_passes: int,
+        shards: Any = None,
     ):
         self.experiment_id = experiment_id
         self.tags = tags
@@ -69,28 +71,40 @@ class SessionPass:
         self.sweep_every_ms = int(sweep_every_s * 1000)
         self.max_failed_passes = max_failed_passes
         self._last_sweep_ms: int | None = None
+        self.shards = shards  # engine/shards.py: the sessions this replica owns, its cursor
 
     @classmethod
     def create(
-        cls, experiment_id: str, tags: MonitorTags, client: Any, settings: Any
+        cls, experiment_id: str, tags: MonitorTags, client: Any, settings: Any, shards: Any = None
     ) -> SessionPass:
-        """Wired from the engine's ``EngineSettings``."""
+        """Wired from the engine's ``EngineSettings`` (and its ``ShardWork``)."""
         return cls(
             experiment_id, tags, SessionSource(experiment_id, client),
             JudgeRunner(settings.scoring), settings.session_quiet_s, settings.late_window_s,
-            settings.sweep_every_s, settings.max_failed_passes,
+            settings.sweep_every_s, settings.max_failed_passes, shards,
         )  # fmt: skip
+
+    def _owns(self, session_id: str) -> bool:
+        return (self.shards.shard if self.shards else UNSHARDED).owns(session_id)
+
+    @property
+    def _key(self) -> str:
+        return self.shards.key(CURSOR_KEY) if self.shards else CURSOR_KEY
 
     # -- the cursor in tags ------------------------------------------------------------------
     def read_cursor(self, monitor: ExternalMonitor) -> Checkpoint | None:
-        stored = self.tags.read_json(self.experiment_id, CURSOR_KEY) or {}
+        stored = self.tags.read_json(self.experiment_id, self._key) or {}
+        if self.shards is not None and not self.shards.current(stored, monitor.monitor_id):
+            return self.shards.handed_over.sessions  # a new layout: where the old one left off
         if stored.get("monitor_id") != monitor.monitor_id:
             return None  # a new monitor starts from the experiment's first session
         return Checkpoint.from_dict(stored.get("cursor"), f"of experiment {self.experiment_id}")
 
     def _save_cursor(self, monitor: ExternalMonitor, cursor: Checkpoint | None) -> None:
         value = {"monitor_id": monitor.monitor_id, "cursor": cursor.to_dict() if cursor else None}
-        self.tags.write_json(self.experiment_id, CURSOR_KEY, value)
+        if self.shards is not None:
+            value = self.shards.stamp(value)
+        self.tags.write_json(self.experiment_id, self._key, value)
 
     # -- the pass ------------------------------------------------------------------------------
     def run(
@@ -109,10 +123,12 @@ class SessionPass:
         cursor = self.read_cursor(monitor)
         logged = 0
         for page in self.source.trace_pages(cursor, until):
-            logged += self._judge(monitor, judges, writer, count, session_ids(page), now_ms)
+            ids = [s for s in session_ids(page) if self._owns(s)]
+            logged += self._judge(monitor, judges, writer, count, ids, now_ms)
             cursor = Checkpoint(page[-1].timestamp_ms, page[-1].trace_id)
             self._save_cursor(monitor, cursor)
-            renew()
+            if renew() is False:
+                return logged  # the lease or the layout changed: another replica goes on
         if self._sweep_due(now_ms) and cursor is not None:
             self._last_sweep_ms = now_ms
             ids = self._unsettled(monitor, judges, cursor, now_ms)  # late traces, failures
@@ -141,6 +157,8 @@ class SessionPass:
                 entry[2] = entry[2] or session_states(info, monitor.monitor_id) or None
         unsettled = []
         for sid, (n, newest, states) in seen.items():
+            if not self._owns(sid):
+                continue
             sampled = [j for j in judges if is_sampled(sid, monitor.monitor_id, j.rate)]
             if not sampled:
                 continue

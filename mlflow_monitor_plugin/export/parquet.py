@@ -273,13 +273,16 @@ class ParquetExporter:
             for path in self._data_files(directory)
         ]
 
-    def exported_ids(self, from_ms: int, until_ms: int) -> set[str]:
-        """The trace ids already exported in the partitions of request times [from_ms, until_ms)."""
+    def exported_ids(self, from_ms: int, until_ms: int, skip_prefix: str = "") -> set[str]:
+        """The trace ids already exported in the partitions of request times [from_ms, until_ms),
+        leaving out the files whose name starts with ``skip_prefix`` (when given)."""
         first, last = partition_date(from_ms), partition_date(max(from_ms, until_ms - 1))
         ids: set[str] = set()
         for date, directory in self._partitions().items():
             if first <= date <= last:
                 for path in self._data_files(directory):
+                    if skip_prefix and path.rsplit("/", 1)[-1].startswith(skip_prefix):
+                        continue
                     for table in self._read(path, ["trace_id"]):
                         ids.update(table.column(0).to_pylist())
         return ids
