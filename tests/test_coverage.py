@@ -83,7 +83,7 @@ def test_ledger_shows_a_gap_while_the_daemon_is_down_and_its_closing_after(sqlit
     [row] = [r for r in after["windows"] if r["window_start_ms"] == old_hour]
     assert (row["sampled"], row["scored"], row["pending"], row["failed"]) == (4, 4, 0, 0)
     assert row["state"] == "caught up"
-    assert 2.5 * 3600 < row["delay_max_s"] < 3.5 * 3600
+    assert 2.9 * 3600 < row["delay_max_s"] < 4.1 * 3600  # the hour began 3-4 h ago
     assert row["daemon_minutes"] == 0  # it was not running in that hour
     assert after["heartbeat"] is True and len(old) == 4
 
