@@ -2,8 +2,10 @@
 nothing and does nothing twice (docs/scaling.md)."""
 
 import json
+import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -22,8 +24,10 @@ from mlflow_monitor_plugin.discovery.shards import (
 )
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings, MonitorEngine
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
+from mlflow_monitor_plugin.observe.windows import HOUR_MS, window_start
 from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.survival import audit, expected_pairs, export_ids
+from tests.test_quality import log_at, metric_points, quality
 from tests.traces_factory import log_traces
 
 IDS = [f"tr-{i:032x}" for i in range(3000)]
@@ -315,3 +319,33 @@ def test_sessions_are_sharded_by_session_id(sqlite_experiment_id, fake_judge):
         judged += mine
     assert sorted(judged) == sorted((s, "user_frustration") for s in sessions)
     assert fake_judge.count("ok") == len(sessions)  # each judged once
+
+
+def test_shard_0_charts_the_windows_of_every_shard(sqlite_experiment_id, tmp_path):
+    exp, now_ms = sqlite_experiment_id, int(time.time() * 1000)
+    hour = window_start(now_ms, HOUR_MS) - 3 * HOUR_MS
+    ids = [log_at(hour + 60_000 + i * 1000, f"Reply to q{i}") for i in range(20)]
+    # traces of the next hour move every shard's cursor past the end of the first
+    later = [log_at(hour + HOUR_MS + 60_000 + i * 1000, f"Reply to q{i}") for i in range(10)]
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d", export_uri=str(tmp_path / "export"),
+        assessments_config={"assessments": [{"name": "pii_detection", "sample_rate": 1.0}]},
+    )  # fmt: skip
+    on = EngineSettings(page_size=5, scoring=FAST, sweep_every_s=0)
+    first, second = (MonitorEngine.create(exp, replace(on, shard=Shard(k, 2))) for k in (0, 1))
+    assert second.quality is None  # one replica computes the windows
+    first.quality.settings = replace(first.quality.settings, settle_s=0, update_every_s=0)
+    mine = sum(Shard(0, 2).owns(t) for t in ids)
+    assert 0 < mine < len(ids) and 0 < sum(Shard(0, 2).owns(t) for t in later) < len(later)
+
+    first.run_pass(now_ms=now_ms)  # shard 1 has scored nothing yet: nothing settles
+    assert metric_points(exp, "pii_detection/verdicts")[1] == []
+    assert [r[5] for r in quality(m.export_uri) if r[1] == "1h"][0] == mine
+    second.run_pass(now_ms=now_ms)
+    first.run_pass(now_ms=now_ms + 1000)  # shard 1's verdicts, read back from the store
+
+    assert [r[3:6] for r in quality(m.export_uri) if r[1] == "1h"] == [(20,) * 3, (10,) * 3]
+    _, points = metric_points(exp, "pii_detection/verdicts")
+    assert [(p.step, p.value) for p in points] == [(hour // 1000, 20.0)]
+    first.run_pass(now_ms=now_ms + 2000)
+    assert len(metric_points(exp, "pii_detection/verdicts")[1]) == 1  # charted once

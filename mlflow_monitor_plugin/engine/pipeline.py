@@ -130,7 +130,8 @@ class MonitorEngine:
             scorer = InProcessScorer(JudgeRunner(settings.scoring), fetch)
         tags = MonitorTags(client)
         quality = None
-        if settings.windows and not (settings.shard and settings.shard.sharded):
+        shard = settings.shard
+        if settings.windows and (shard is None or shard.index == 0):  # one replica of shards
             quality = QualityTracker(
                 experiment_id,
                 client,
@@ -139,6 +140,7 @@ class MonitorEngine:
                     late_window_s=settings.late_window_s,
                     max_failed_passes=settings.max_failed_passes,
                     export=settings.export,
+                    all_shards=bool(shard and shard.sharded),
                 ),
                 stale_marker=lambda: tags.read_json(experiment_id, STALE_KEY),
             )
@@ -246,7 +248,10 @@ class MonitorEngine:
         if self.quality is None:
             return
         try:
-            self.quality.after_pass(ctx.monitor, ctx.cursor.score, ctx.touched, ctx.stats, now_ms)
+            cursor = ctx.cursor.score
+            if self.quality.settings.all_shards:  # windows settle once every shard passed
+                cursor = self.shards.slowest_score(ctx.monitor.monitor_id)
+            self.quality.after_pass(ctx.monitor, cursor, ctx.touched, ctx.stats, now_ms)
         except Exception:
             _logger.exception("Quality windows of experiment %s not updated", self.experiment_id)
 

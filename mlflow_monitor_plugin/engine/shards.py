@@ -231,6 +231,16 @@ class ShardWork:
         and export cursors (a shard that has not started yet: where the layout starts)."""
         all_tags = self.tags.experiment_tags(self.experiment_id)
         self.layout = self._read_layout(all_tags)
+        return self._cursors(all_tags, monitor_id)
+
+    def slowest_score(self, monitor_id: str) -> Checkpoint | None:
+        """For a replica: the lowest score cursor of its layout's shards, the position every
+        shard has passed (the quality windows of shard 0 follow it)."""
+        found = self._cursors(self.tags.experiment_tags(self.experiment_id), monitor_id)
+        scores = [score for _, score, _ in found]
+        return None if None in scores else min(s for s in scores if s is not None)
+
+    def _cursors(self, all_tags: dict[str, str], monitor_id: str) -> list[ShardCursor]:
         where = f"of experiment {self.experiment_id}"
         found = []
         for shard in [Shard(k, self.layout.count) for k in range(self.layout.count)]:

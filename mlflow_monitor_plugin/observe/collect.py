@@ -173,12 +173,21 @@ class WindowReader:
             by_hour.setdefault(window_start(stamp, HOUR_MS), []).append(stamp)
         fresh = {}
         for stamps in by_hour.values():
-            for info in self._infos(min(stamps), max(stamps) + 1):
-                by_judge = self._outcomes(info)
-                day.put(info.timestamp_ms, info.trace_id, by_judge)
-                if info.trace_id in touched:
-                    fresh[info.trace_id] = by_judge
+            for trace_id, by_judge in self.read_range(day, min(stamps), max(stamps) + 1):
+                if trace_id in touched:
+                    fresh[trace_id] = by_judge
         return fresh
+
+    def read_range(
+        self, day: Day, from_ms: int, until_ms: int
+    ) -> list[tuple[str, dict[str, Outcome]]]:
+        """Re-read every trace of ``day`` in [from_ms, until_ms) and store what it carries."""
+        read = []
+        for info in self._infos(from_ms, until_ms):
+            by_judge = self._outcomes(info)
+            day.put(info.timestamp_ms, info.trace_id, by_judge)
+            read.append((info.trace_id, by_judge))
+        return read
 
     def outcomes_of(self, day: Day, trace_ids: Iterable[str]) -> dict[str, dict[str, Outcome]]:
         wanted = set(trace_ids)

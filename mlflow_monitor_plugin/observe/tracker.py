@@ -54,6 +54,9 @@ class QualitySettings:
     run_check_s: float = 60.0  # how often to check that a user has not deleted the metrics run
     update_every_s: float = 30.0  # while passes keep finding traces; at once when one finds none
     export: bool = True  # write the quality dataset beside the trace export
+    # Shard 0 of several: the other replicas' verdicts reach the store, not this process, so
+    # the windows also follow the slowest shard's cursor through the store (``_follow``).
+    all_shards: bool = False
 
 
 def window_rows(
@@ -134,6 +137,7 @@ class QualityTracker:
         self._updated_wall_ms: int | None = None
         self._schedule = RateSchedule()  # a daily budget's steps (observe/spend.py)
         self._budgeted: frozenset[str] = frozenset()  # the judges a budget lowers: LLM ones
+        self._followed_ms: int | None = None  # all_shards: the slowest cursor, last update
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
         """A new monitor, or its judges or rates changed: start from the store again."""
@@ -184,6 +188,8 @@ class QualityTracker:
             MonitorTags(self.client), self.experiment_id, monitor.monitor_id
         )
         self._reload_stale()
+        if self.settings.all_shards:
+            self._follow(cursor, judges)
         self._count(self._update(touched), since_ms)
         if self.settings.export:
             self._export(monitor, judges, wall_ms)
@@ -202,6 +208,36 @@ class QualityTracker:
         for start in marker.get("days", []):
             if start in self.days:
                 self.days[start] = self._reader.load_day(start)
+                self._unexported.add(start)
+
+    def _follow(self, slowest: Checkpoint | None, judges: Judges) -> None:
+        """Shard 0 of several: read again, from the store, the traces every shard has passed
+        since the last update (their verdicts are in by now) and the hours whose errors wait
+        for a retry (another replica retries them). Each trace is read about once more."""
+        assert self._reader is not None
+        if slowest is None:
+            return
+        until = slowest.timestamp_ms + 1
+        since = self._followed_ms
+        if since is None:  # the days in memory were read before: read them again whole
+            since = min(self.days, default=until)
+        self._followed_ms = until
+        if since < until:
+            for start in range(window_start(since, DAY_MS), until, DAY_MS):
+                if start not in self.days:
+                    self.days[start] = self._reader.load_day(start)
+                else:
+                    begin, end = max(since, start), min(until, start + DAY_MS)
+                    self._reader.read_range(self.days[start], begin, end)
+                self._unexported.add(start)
+        for start, day in self.days.items():
+            waiting = [
+                hour
+                for hour in list(day.hours)
+                if any(t.retryable for t in day.hour_tallies(hour, judges).values())
+            ]
+            for hour in waiting:
+                self._reader.read_range(day, hour, hour + HOUR_MS)
                 self._unexported.add(start)
 
     def refresh(
