@@ -184,11 +184,11 @@ def postgres_uri(
 def postgres_mlflow_server(
     postgres: PostgresServer, _postgres_template: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MlflowServer]:
-    """`mlflow server --workers 2` on its own PostgreSQL database, as teams deploy it."""
+    """`mlflow server --workers 4` on its own PostgreSQL database, as teams deploy it."""
     server = MlflowServer(
         tmp_path_factory.mktemp("pg-server"),
         backend_store_uri=postgres.create_database("server", template=_postgres_template),
-        workers=2,
+        workers=4,
     )
     server.start(timeout_s=300)  # minutes on a busy 2-core machine
     yield server
@@ -213,7 +213,14 @@ TRACKING_URI_FIXTURES = {
 @pytest.fixture(params=["sqlite", "rest", pytest.param("postgres", marks=pytest.mark.postgres)])
 def tracking_uri(request: pytest.FixtureRequest) -> str:
     """Runs the test against a SQLite store, a real `mlflow server` on SQLite, and one on
-    PostgreSQL with two workers."""
+    PostgreSQL with four workers."""
+    return request.getfixturevalue(TRACKING_URI_FIXTURES[request.param])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_uri(request: pytest.FixtureRequest) -> str:
+    """A SQLite store, or `mlflow server` on PostgreSQL: for the suites of processes (crash,
+    shards) that the REST path on SQLite adds little to."""
     return request.getfixturevalue(TRACKING_URI_FIXTURES[request.param])
 
 

@@ -1,15 +1,18 @@
-"""The daemon survives SIGKILL at random moments and a second daemon on the same experiment: every
-sampled (trace, judge) pair ends with exactly one complete verdict, every trace is exported once.
+"""The daemon survives SIGKILL at random moments and a second daemon on the same experiment, on
+a SQLite store and on `mlflow server` + PostgreSQL: every sampled (trace, judge) pair ends with
+exactly one complete verdict, every trace is exported once.
 """
 
 import random
 import signal
 import time
+import uuid
 
 import mlflow
 import pytest
 
 from mlflow_monitor_plugin import create_external_monitor
+from tests.conftest import TRACKING_URI_FIXTURES
 from tests.survival import (
     alive,
     audit,
@@ -52,13 +55,18 @@ def assert_exactly_once(experiment_id, monitor, trace_ids):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [0, 2], ids=["in-process", "2-scoring-processes"])
+@pytest.mark.parametrize(
+    ("store", "processes"),
+    [("sqlite", 0), ("sqlite", 2), pytest.param("postgres", 0, marks=pytest.mark.postgres)],
+    ids=["sqlite-in-process", "sqlite-2-scoring-processes", "postgres-in-process"],
+)
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
-    sqlite_uri, tmp_path, fake_judge, processes
+    request, store, tmp_path, fake_judge, processes
 ):
-    rounds, rng = (6 if processes else 10), random.Random(20240605 + processes)
+    request.getfixturevalue(TRACKING_URI_FIXTURES[store])
+    rounds, rng = (6 if processes or store != "sqlite" else 10), random.Random(20240605 + processes)
     fake_judge.behaviour.latency_s = 0.02
-    mlflow.set_experiment("crash")
+    mlflow.set_experiment(f"crash-{uuid.uuid4().hex[:8]}")
     monitor = make_monitor()
     trace_ids = log_traces(200, retriever=True, prefix="base")
     experiment_id = monitor.experiment_id
@@ -110,9 +118,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
 
 @pytest.mark.slow
-def test_two_daemons_on_one_experiment_write_nothing_twice(sqlite_uri, tmp_path, fake_judge):
+def test_two_daemons_on_one_experiment_write_nothing_twice(store_uri, tmp_path, fake_judge):
     fake_judge.behaviour.latency_s = 0.02
-    mlflow.set_experiment("two-daemons")
+    mlflow.set_experiment(f"two-daemons-{uuid.uuid4().hex[:8]}")
     monitor = make_monitor()
     experiment_id = monitor.experiment_id
     trace_ids = log_traces(80, retriever=True, prefix="first")

@@ -107,11 +107,9 @@ def replica(experiment_id, k, n):
     return MonitorEngine.create(experiment_id, settings(Shard(k, n)))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_experiment_id(request):
+@pytest.fixture
+def store_experiment_id(store_uri):
     """A new experiment on a SQLite store, or on `mlflow server` on PostgreSQL."""
-    store = {"sqlite": "sqlite_uri", "postgres": "postgres_rest_uri"}[request.param]
-    request.getfixturevalue(store)
     return mlflow.set_experiment(f"exp-{uuid.uuid4().hex[:12]}").experiment_id
 
 
