@@ -67,6 +67,35 @@ def test_dispatcher_keeps_the_target_in_flight_and_writes_on_one_thread():
     assert sorted(rec.written) == list(range(20)) and len(rec.writer_threads) == 1
 
 
+def test_a_traces_verdicts_are_written_by_one_writer_never_two_at_once():
+    """MLflow's file store races when two threads log the first assessments of one trace."""
+    rec = Recorder(delay_s=0.001)
+    threads_of: dict[int, set[str]] = {}
+    writing: Counter = Counter()
+    overlaps = []
+
+    def write(verdict):
+        with rec.lock:
+            writing[verdict.n] += 1
+            overlaps.append(writing[verdict.n] > 1)
+            threads_of.setdefault(verdict.n, set()).add(threading.current_thread().name)
+        time.sleep(0.002)
+        with rec.lock:
+            writing[verdict.n] -= 1
+        return 1
+
+    dispatcher = Dispatcher(rec.call, target=lambda: 16, max_threads=16, writers=4)
+    batch = Batch(12 * 5)
+    try:  # 12 traces, 5 judges each
+        dispatcher.submit([Job(t, None, batch, write) for _ in range(5) for t in range(12)])
+        assert len(list(batch)) == 60
+    finally:
+        dispatcher.close()
+    assert all(len(names) == 1 for names in threads_of.values())
+    assert len(set().union(*threads_of.values())) > 1  # the traces still spread over writers
+    assert not any(overlaps)
+
+
 def test_settle_drops_calls_not_started_and_waits_for_writes_in_flight():
     rec = Recorder(delay_s=0.2)
     dispatcher = Dispatcher(rec.call, target=lambda: 2, max_threads=4)

@@ -3,14 +3,16 @@
 A judge call is I/O: many can wait at little CPU. Logging a verdict is CPU and store work.
 ``Dispatcher`` keeps up to ``target()`` calls in flight on threads (started as needed, so a low
 limit costs few threads) and hands each good verdict to a small, fixed set of writer threads,
-which log it as it completes. Not one writer, though SQLite would like that best: under the GIL
-a lone writer gets about one turn in as many as there are busy judge threads, and fell behind
-(measured: 4 writers scored an instant judge's 400 verdicts ~1.5x faster than 1 on SQLite,
-whose own cost for 4 writers over 1 is ~15%: BENCHMARKS.md's raw log_feedback rates). No new
-call starts while more than ``max(8, target() / 2)`` verdicts wait for a writer: the judges
-never outrun the store, and a crash loses few answered verdicts. Submissions queue behind each
-other, so the calls of the next page start while the last calls of this one are still out: the
-judge never waits for the engine to read a page or save its checkpoint.
+which log it as it completes. A trace's verdicts all go to the same writer, so no two threads
+write to one trace at once (MLflow's file store races on creating a trace's assessments folder).
+Not one writer, though SQLite would like that best: under the GIL a lone writer gets about one
+turn in as many as there are busy judge threads, and fell behind (measured: 4 writers scored an
+instant judge's 400 verdicts ~1.5x faster than 1 on SQLite, whose own cost for 4 writers over 1
+is ~15%: BENCHMARKS.md's raw log_feedback rates). No new call starts while more than
+``max(8, target() / 2)`` verdicts wait for a writer: the judges never outrun the store, and a
+crash loses few answered verdicts. Submissions queue behind each other, so the calls of the next
+page start while the last calls of this one are still out: the judge never waits for the engine
+to read a page or save its checkpoint.
 
 Each submission is a ``Batch`` whose results arrive as its calls finish and their verdicts are
 written: a result is only handed back once its verdict is in the store, which is what lets the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +69,11 @@ class Job:
     write: Callable[[Any], int] | None = None  # logs a good verdict; None: a dry run
     session: list[Trace] | None = None  # a session judge's traces
 
+    @property
+    def trace_id(self) -> str:
+        info = getattr(self.trace, "info", None)
+        return info.trace_id if info is not None else str(self.trace)
+
 
 class Dispatcher:
     """Runs jobs: ``call`` on up to ``target()`` threads at once, then ``job.write`` on the
@@ -87,7 +95,9 @@ class Dispatcher:
         self._calling = 0
         self._writing = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._writes: queue.SimpleQueue[tuple[Job, Any] | None] = queue.SimpleQueue()
+        self._writes: list[queue.SimpleQueue[tuple[Job, Any] | None]] = [
+            queue.SimpleQueue() for _ in range(self._writers)
+        ]
         self._writer_threads: list[threading.Thread] = []
 
     @property
@@ -113,8 +123,8 @@ class Dispatcher:
 
     def close(self) -> None:
         self.settle()
-        for _ in self._writer_threads:
-            self._writes.put(None)
+        for writes in self._writes[: len(self._writer_threads)]:
+            writes.put(None)
         for thread in self._writer_threads:
             thread.join()
         self._writer_threads = []
@@ -153,21 +163,26 @@ class Dispatcher:
             return
         if to_write:
             self._start_writers()
-            self._writes.put((job, verdict))
+            writer = zlib.crc32(job.trace_id.encode()) % self._writers
+            self._writes[writer].put((job, verdict))
         else:
             job.batch.put(verdict)
 
     def _start_writers(self) -> None:
         with self._cond:
             while len(self._writer_threads) < self._writers:
+                writes = self._writes[len(self._writer_threads)]
                 thread = threading.Thread(
-                    target=self._write_loop, name="mlflow-monitor-writer", daemon=True
+                    target=self._write_loop,
+                    args=(writes,),
+                    name=f"mlflow-monitor-writer-{len(self._writer_threads)}",
+                    daemon=True,
                 )
                 thread.start()
                 self._writer_threads.append(thread)
 
-    def _write_loop(self) -> None:
-        while (item := self._writes.get()) is not None:
+    def _write_loop(self, writes: queue.SimpleQueue[tuple[Job, Any] | None]) -> None:
+        while (item := writes.get()) is not None:
             job, verdict = item
             try:
                 assert job.write is not None
