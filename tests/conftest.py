@@ -103,7 +103,13 @@ class MlflowServer:
             "--default-artifact-root", str(self.root / "artifacts"),
             "--workers", str(self.workers),
         ]  # fmt: skip
-        env = {**os.environ, "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}
+        env = {
+            **os.environ,
+            "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1",
+            # MLflow's own job runner (its online scoring: huey consumers, ~240 MB and seconds
+            # of CPU each at start) is not what the tests exercise
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         env.pop("MLFLOW_TRACKING_URI", None)
         self._log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives with the server
         self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
