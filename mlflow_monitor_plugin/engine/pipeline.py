@@ -209,9 +209,11 @@ class MonitorEngine:
             for done, page in enumerate(pages, start=1):
                 if walked_from is None:  # a new monitor: from its first trace
                     walked_from = page[0].timestamp_ms
-                in_flight.append(self._begin(ctx, page))
-                while len(in_flight) > PAGES_AHEAD:
-                    self._finish(ctx, in_flight.popleft())
+                for part in self._parts(ctx, page):
+                    in_flight.append(self._begin(ctx, part))
+                    ahead = 0 if self.budget.probing(trace_judges) else PAGES_AHEAD
+                    while len(in_flight) > ahead:
+                        self._finish(ctx, in_flight.popleft())
                 if ctx.lost or (max_pages is not None and done >= max_pages):
                     break
             while in_flight:
@@ -306,6 +308,15 @@ class MonitorEngine:
         if now_ms < self._export_retry_at_ms:
             return None
         return ParquetExporter(monitor.export_uri)
+
+    def _parts(self, ctx: PassContext, page: list[TraceInfo]) -> Iterator[list[TraceInfo]]:
+        """The page whole, or, while a daily budget does not know a judge's cost per call yet,
+        a first part that probes it (engine/budget.py), then the rest. While it probes, the
+        pass finishes each part before it begins the next (``run_pass``)."""
+        while page:
+            cut = self.budget.probe_prefix(page, ctx.judges, ctx.monitor.monitor_id)
+            yield page[:cut]
+            page = page[cut:]
 
     def _begin(self, ctx: PassContext, page: list[TraceInfo]) -> PageInFlight:
         """Sample the page and start its judges."""
