@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.fake_judge import FakeJudge, JudgeBehaviour
+from tests.gateway import GATEWAY_ENV, JUDGE_ENVS, create_endpoint
 from tests.postgres import PostgresServer, postgres_missing, start_postgres
 
 # Traces are written synchronously in tests, so a test sees what it logged.
@@ -83,11 +84,13 @@ class MlflowServer:
         port: int | None = None,
         backend_store_uri: str | None = None,
         workers: int = 1,
+        env: dict[str, str] | None = None,
     ):
         self.root = root
         self.port = port or free_port()
         self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'server.db'}"
         self.workers = workers
+        self.env = {**GATEWAY_ENV, **(env or {})}  # its AI Gateway may call the fake judge
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,6 +112,7 @@ class MlflowServer:
             # MLflow's own job runner (its online scoring: huey consumers, ~240 MB and seconds
             # of CPU each at start) is not what the tests exercise
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **self.env,
         }
         env.pop("MLFLOW_TRACKING_URI", None)
         self._log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives with the server
@@ -249,6 +253,18 @@ def fake_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJudge]:
         monkeypatch.setenv("OPENAI_BASE_URL", judge.url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + uuid.uuid4().hex)
         yield judge
+
+
+@pytest.fixture
+def gateway_judge(
+    rest_uri: str, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FakeJudge, str]]:
+    """The fake judge behind an AI Gateway endpoint of the session's `mlflow server`, and the
+    endpoint's name; the daemon's environment has no judge key or endpoint of its own."""
+    for name in JUDGE_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    with FakeJudge(JudgeBehaviour()) as judge:
+        yield judge, create_endpoint(mlflow_server.url, judge.url)
 
 
 CODE_JUDGES = {

@@ -244,8 +244,8 @@ def test_dry_run_covers_every_judge_kind_and_writes_nothing(
     assert result.exit_code == 0, result.output
     rows = {r["judge"]: r for r in json.loads(result.output)}
     assert rows["tool_call_efficiency"] | {"example": ""} == {
-        "judge": "tool_call_efficiency", "traces": 3, "results": 2, "not_applicable": 1,
-        "errors": 0, "example": "",
+        "judge": "tool_call_efficiency", "traces": 3, "results": 2, "skipped": 0,
+        "not_applicable": 1, "errors": 0, "example": "",
     }  # fmt: skip
     assert (rows["polite_rule"]["results"], rows["polite"]["results"]) == (3, 3)
     assert (rows["tone_check"]["results"], rows["tone_check"]["not_applicable"]) == (2, 1)

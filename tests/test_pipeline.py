@@ -280,7 +280,8 @@ def test_status_counts_and_dry_run_test_command(sqlite_experiment_id, fake_judge
     judges = {r["judge"]: r for r in status["judges"]}
     assert judges["safety"] == {
         "judge": "safety", "source_type": "LLM_JUDGE", "source_id": get_default_model(),
-        "eligible": 4, "sampled": 4, "scored": 3, "not_applicable": 0, "failed": 0, "pending": 1,
+        "eligible": 4, "sampled": 4, "scored": 3, "skipped": 0, "not_applicable": 0, "failed": 0,
+        "pending": 1, "origin": "monitor",
     }  # fmt: skip
     assert judges["groundedness"]["not_applicable"] == 3
     assert status["lag_seconds"] >= 0 and status["checkpoint"] is not None

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mlflow_monitor_plugin.cli.options import output_option
+from mlflow_monitor_plugin.cli.options import handle_errors, output_option
 from mlflow_monitor_plugin.config.catalog import CATALOG, NEEDS, REFUSED
 from mlflow_monitor_plugin.config.custom import ENTRY_POINT_GROUP
 
@@ -52,18 +52,46 @@ def judge_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def registered_rows(experiment_id: str) -> list[dict[str, Any]]:
+    """The judges registered in MLflow on an experiment (its Judges page), as the daemon
+    reads them: kind, model, scope, sampling, and why one cannot run here."""
+    from mlflow_monitor_plugin.config import registered
+    from mlflow_monitor_plugin.scoring.judges import build_registered
+
+    found = registered.read(experiment_id)
+    built = {j.name: j for j in build_registered(found)}
+    return [
+        {"name": r.name, "kind": f"mlflow ({r.kind})", "llm": r.llm,
+         "level": "session" if r.session else "trace",
+         "needs": sorted(built[r.name].needs - {"session"}) if r.name in built else [],
+         "options": {}, "description": r.describe()
+         + (f"; unavailable: {built[r.name].unavailable}"
+            if r.name in built and built[r.name].unavailable else "")}
+        for r in found
+    ]  # fmt: skip
+
+
 @click.command("judges")
+@click.option(
+    "-x",
+    "--experiment-id",
+    envvar="MLFLOW_EXPERIMENT_ID",
+    help="Also list the judges registered in MLflow on this experiment (its Judges page), "
+    "which a monitor there runs when they are started.",
+)
 @output_option
-def judges_command(output: str) -> None:
-    """List the judges a monitor can run: built-ins, guidelines, custom prompts and the code
-    judges installed here (entry points of group mlflow_monitor.scorers).
+@handle_errors
+def judges_command(experiment_id: str | None, output: str) -> None:
+    """List the judges a monitor can run: built-ins, guidelines, custom prompts, the code
+    judges installed here (entry points of group mlflow_monitor.scorers), and with -x the
+    judges registered in MLflow on the experiment (kind "mlflow").
 
     \b
     Example:
       mlflow monitor judges
-      mlflow monitor judges --output json
+      mlflow monitor judges -x 1 --output json
     """
-    rows = judge_rows()
+    rows = judge_rows() + (registered_rows(experiment_id) if experiment_id else [])
     refused = [{"name": name, "reason": reason} for name, reason in REFUSED.items()]
     if output == "json":
         click.echo(json.dumps({"judges": rows, "not_available": refused}, indent=2))

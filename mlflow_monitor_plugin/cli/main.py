@@ -127,8 +127,17 @@ def build_suite(
 
 
 def print_monitor(monitor: ExternalMonitor, output: str) -> None:
+    """The monitor as stored (JSON: what ``create -f`` reads back), and the judges registered
+    in MLflow on its experiment (``mlflow_judges``, read from MLflow, not stored)."""
     if output == "json":
-        click.echo(json.dumps(monitor.to_dict(), indent=2))
+        data = monitor.to_dict()
+        data["mlflow_judges"] = [
+            {"name": r.name, "version": r.version, "kind": r.kind, "model": r.model,
+             "session": r.session, "sample_rate": r.sample_rate, "filter_string": r.filter_string,
+             "started": r.started, "problem": r.problem}
+            for r in monitor.registered
+        ]  # fmt: skip
+        click.echo(json.dumps(data, indent=2))
     else:
         click.echo(str(monitor))
 

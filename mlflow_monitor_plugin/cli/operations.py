@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from mlflow_monitor_plugin.config import api
+from mlflow_monitor_plugin.config import api, mirrors
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
@@ -33,7 +33,12 @@ from mlflow_monitor_plugin.observe.spend import (
 )
 from mlflow_monitor_plugin.observe.windows import HOUR_MS, window_start
 from mlflow_monitor_plugin.scoring.feedback import judge_source, judge_states, session_states
-from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.scoring.judges import (
+    NO_ENDPOINT,
+    JudgeSpec,
+    endpoint_missing,
+    monitor_judges,
+)
 from mlflow_monitor_plugin.scoring.proxy import judge_proxy
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 
@@ -49,14 +54,14 @@ def test_judges(
     source = TraceSource(monitor.experiment_id)
     traces = source.latest(max_traces)
     runner = JudgeRunner(ScoringSettings(attempts=1))
-    judges = build_judges(monitor.assessments_config)
+    judges = monitor_judges(monitor)
     rows = {j.name: Counter(traces=len(traces)) for j in judges}
     examples = {j.name: f"unavailable: {j.unavailable}" for j in judges if j.unavailable}
-    if not llm_endpoint_configured():  # as the daemon does: said, not tried
-        for judge in judges:
-            if judge.is_llm and not judge.unavailable:
-                examples[judge.name] = "skipped: no judge endpoint (set OPENAI_API_KEY)"
-                rows[judge.name]["skipped"] = rows[judge.name]["traces"]
+    for judge in judges:  # as the daemon does: said, not tried
+        if not judge.unavailable and (missing := endpoint_missing(judge)):
+            short = "no judge endpoint (set OPENAI_API_KEY)" if missing == NO_ENDPOINT else missing
+            examples[judge.name] = f"skipped: {short}"
+            rows[judge.name]["skipped"] = rows[judge.name]["traces"]
     judges = [j for j in judges if j.name not in examples]
     infos = [t.info for t in traces]
     filters = {j.filter_string for j in judges if j.filter_string}
@@ -123,7 +128,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
     source = engine.source
-    all_judges = build_judges(monitor.assessments_config)
+    all_judges = monitor_judges(monitor)
     unavailable = {j.name: j.unavailable for j in all_judges if j.unavailable}
     judges = [j for j in all_judges if not j.session]
     counts = {j.name: Counter() for j in all_judges}
@@ -161,6 +166,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
             {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
              ("sampled", "scored", "skipped", "not_applicable", "failed", "pending")},
              "eligible": counts[j.name]["seen"],
+             "origin": j.origin,
              **({"skipped_reason": skips.judges[j.name].reason} if j.name in skips.judges else {}),
              **({"unavailable": unavailable[j.name]} if j.name in unavailable else {})}
             for j in all_judges
@@ -170,6 +176,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         ),
         "windows": windows,
         "budget": _budget_fields(monitor, budget),
+        "mlflow_judges": mlflow_judges(monitor, engine.tags),
     }  # fmt: skip
 
 
@@ -183,7 +190,7 @@ def coverage_ledger(
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
     source = engine.source
-    judges = [j for j in build_judges(monitor.assessments_config) if not j.session]
+    judges = [j for j in monitor_judges(monitor) if not j.session]
     pages = source.infos_after(Checkpoint(window_start(since_ms, HOUR_MS) - 1, ""), 500)
     rate_of = budget_rates(
         schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
@@ -211,6 +218,39 @@ def coverage_ledger(
             monitor.experiment_id, skips, sorted({r["judge"] for r in rows if r["skipped"]})
         ),
     }
+
+
+def mlflow_judges(monitor: Any, tags: Any) -> list[dict[str, Any]]:
+    """Every judge registered in MLflow on the experiment (its Judges page), and what the
+    monitor makes of it: run by the daemon, not started there, one of the monitor's own listed
+    there, or unavailable and why; then the monitor's judges MLflow does not list, and why."""
+    own = set(monitor.assessments_config.feedback_names)
+    built = {j.name: j for j in monitor_judges(monitor) if j.origin == "mlflow"}
+    listed = mirrors.read_state(tags, monitor.experiment_id, monitor.monitor_id)
+    mine = listed.get("judges", {})
+    rows = []
+    for r in monitor.registered:
+        if r.name in own:
+            entry = mine.get(r.name) or {}
+            ours = entry.get("scorer_id") == r.scorer_id and entry.get("version") == r.version
+            role = (
+                "the monitor's own judge, listed in MLflow"
+                if ours
+                else "changed in MLflow since the monitor listed it: the monitor runs its "
+                "own config (`mlflow monitor update` lists it again)"
+            )
+        elif not r.started:
+            role = "not started in MLflow: not run"
+        elif built[r.name].unavailable:
+            role = f"unavailable: {built[r.name].unavailable}"
+        else:
+            role = "started in MLflow: run by the daemon"
+        rows.append({"judge": r.name, "definition": r.describe(), "version": r.version,
+                     "role": role})  # fmt: skip
+    for name, why in (listed.get("problems") or {}).items():
+        rows.append({"judge": name, "definition": "-", "version": None,
+                     "role": f"the monitor's own judge, not listed in MLflow: {why}"})  # fmt: skip
+    return rows
 
 
 def _budget_fields(monitor: Any, stored: Any) -> dict[str, Any] | None:
@@ -330,8 +370,7 @@ def demo(traces: int, echo: Callable[[str], None]) -> dict[str, Any]:
             catalog_name="workspace", schema_name="default",
             assessments_config=suite, experiment_id=experiment_id,
         )  # fmt: skip
-    llm = llm_endpoint_configured()
-    skipped = [j.name for j in build_judges(monitor.assessments_config) if j.is_llm and not llm]
+    skipped = [j.name for j in monitor_judges(monitor) if endpoint_missing(j)]
     started = time.monotonic()
     with judge_proxy():
         report = Daemon([experiment_id]).run_until_idle()

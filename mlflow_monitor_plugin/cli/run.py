@@ -131,6 +131,13 @@ def _settings(
     help="A JSON or YAML file of model prices, {model: {input_per_million, output_per_million}}, "
     "used where a monitor's own cost.prices name none; else MLflow's catalog (docs/cost.md).",
 )
+@click.option(
+    "--allow-registered-code",
+    is_flag=True,
+    help="Run the judges started in MLflow whose stored definition carries code (an @scorer "
+    "function's source, a third-party scorer): code read from the tracking store, executed in "
+    "this process. Off by default: such judges are listed as unavailable.",
+)
 @engine_options
 @shard_options
 @daemon_alert_options
@@ -142,6 +149,7 @@ def run_command(
     once: bool,
     interval: float,
     prices_file: str | None,
+    allow_registered_code: bool,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -151,7 +159,9 @@ def run_command(
 
     Runs until SIGTERM or Ctrl-C, which finish the pass in flight and exit 0.
     With --once, exits 0 when everything pending was processed, 1 when a monitor could not be
-    served. Judges call the OpenAI-compatible endpoint in $OPENAI_API_BASE with $OPENAI_API_KEY.
+    served. Judges call the OpenAI-compatible endpoint in $OPENAI_API_BASE with $OPENAI_API_KEY,
+    or, for a gateway:/<endpoint> model, the tracking server's AI Gateway (no key here). The
+    judges started in MLflow on a monitored experiment (its Judges page) are run too.
 
     \b
     Examples:
@@ -167,6 +177,10 @@ def run_command(
     configure_logging(log_level)
     if prices_file:
         use_prices_file(prices_file)
+    if allow_registered_code:  # before any scoring process starts: they inherit it
+        from mlflow_monitor_plugin.scoring.judges import allow_registered_code as allow
+
+        allow()
     shard = shard_from_options(engine)  # takes the --shard* options out of `engine`
     alerts = runner_from_options(engine)  # takes the --alert-* options out of `engine`
     settings = dataclasses.replace(_settings(**engine), shard=shard)
@@ -300,6 +314,7 @@ def status_command(
         "table",
         [
             "judge",
+            "origin",
             "source_id",
             "eligible",
             "sampled",
@@ -315,6 +330,9 @@ def status_command(
             click.echo(f"unavailable: {row['judge']}: {row['unavailable']}")
     for line in status.get("skipped") or []:
         click.echo(line)
+    if status.get("mlflow_judges"):
+        click.echo("judges in MLflow's registry (the experiment's Judges page):")
+        _print_rows(status["mlflow_judges"], "table", ["judge", "definition", "version", "role"])
     if status.get("windows"):
         windows = [_window_cells(row) for row in status["windows"]]
         click.echo("last window:")

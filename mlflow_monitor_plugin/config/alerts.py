@@ -306,13 +306,15 @@ def parse_alert_spec(spec: str, where: str = "--alert") -> AlertRule:
     return rule.validate()
 
 
-def rules_from(value: Any, judges: Iterable[str]) -> list[AlertRule]:
-    """Validated rules from a list of ``AlertRule``, dicts or short forms, against the suite."""
+def rules_from(value: Any, judges: Iterable[str] | None) -> list[AlertRule]:
+    """Validated rules from a list of ``AlertRule``, dicts or short forms, against the suite's
+    judges (``None``: rules read back from the store, checked when they were written; a judge
+    started in MLflow's registry may come and go)."""
     if value is None:
         return []
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise MonitorConfigError("alerts", value, "expected a list of alert rules")
-    names = list(judges)
+    names = None if judges is None else list(judges)
     rules = [AlertRule.from_dict(v, i).validate(names) for i, v in enumerate(value)]
     seen: set[str] = set()
     for rule in rules:

@@ -18,6 +18,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from mlflow_monitor_plugin.config import mirrors, registered
 from mlflow_monitor_plugin.config.alerts import AlertRule, rules_from
 from mlflow_monitor_plugin.config.model import (
     AssessmentsSuiteConfig,
@@ -124,12 +125,12 @@ def create_external_monitor(
     check_identifier("catalog_name", catalog_name)
     check_identifier("schema_name", schema_name)
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
-    rules = rules_from(alerts, suite.feedback_names)
     costs = cost_from(cost)
     if export_uri is not None and (not isinstance(export_uri, str) or not export_uri.strip()):
         raise MonitorConfigError("export_uri", export_uri, "expected a local path or a URI")
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
+    rules = rules_from(alerts, judge_names(suite, exp_id, store.client))
     tags = store.experiment_tags(exp_id)
     check_filters(suite, exp_id, store.client)
     if CONFIG_TAG in tags:
@@ -153,7 +154,14 @@ def create_external_monitor(
         cost=costs,
     )
     store.write_config(monitor)
-    return monitor
+    mirrors.sync(monitor, store)
+    return store.read_config(exp_id) or monitor
+
+
+def judge_names(suite: AssessmentsSuiteConfig, experiment_id: str, client: Any) -> list[str]:
+    """The judges alert rules may name: the suite's, and those started in MLflow's registry."""
+    started = [j.name for j in registered.read(experiment_id, client) if j.started]
+    return [*suite.feedback_names, *(n for n in started if n not in suite.feedback_names)]
 
 
 def get_external_monitor(
@@ -185,11 +193,12 @@ def update_external_monitor(
     (INFO).
     """
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
-    if alerts is not None:
-        rules_from(alerts, suite.feedback_names)
     costs = cost_from(cost) if cost is not None else None
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
+    names = judge_names(suite, exp_id, store.client)
+    if alerts is not None:
+        rules_from(alerts, names)
     tags = store.experiment_tags(exp_id)
     current = store.read_config(exp_id)
     if current is None:
@@ -205,10 +214,12 @@ def update_external_monitor(
         config_version=current.config_version + 1,
         created_at_ms=current.created_at_ms,
         updated_at_ms=max(_now_ms(), current.updated_at_ms),
-        alerts=rules_from(current.alerts if alerts is None else alerts, suite.feedback_names),
+        alerts=rules_from(current.alerts if alerts is None else alerts, names),
         cost=current.cost if costs is None else costs,
     )
     store.write_config(updated, previous=tags)
+    mirrors.sync(updated, store)
+    updated.registered = store.read_config(exp_id).registered  # type: ignore[union-attr]
     added = added_judges(current, updated)
     if added:
         _logger.info(
@@ -236,12 +247,19 @@ def backfill_command(monitor: ExternalMonitor, judges: list[str]) -> str:
 def delete_external_monitor(
     *, experiment_id: str | None = None, experiment_name: str | None = None
 ) -> None:
-    """Remove the monitor (config and checkpoints). Verdicts already logged and exports stay."""
+    """Remove the monitor (config and checkpoints, and the judges it listed in MLflow's
+    registry). Verdicts already logged and exports stay."""
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
     tags = store.experiment_tags(exp_id)
     if CONFIG_TAG not in tags:
         raise MonitorNotFoundError(f"Experiment {exp_id} has no monitor.")
+    try:
+        current = store.read_config(exp_id, registered=False)
+    except MonitorStorageError:
+        current = None  # unreadable: nothing of it can be found in MLflow's registry either
+    if current is not None:
+        mirrors.remove(current, store)  # before the tags that say which judges are ours
     store.delete_namespace(exp_id, tags)
 
 

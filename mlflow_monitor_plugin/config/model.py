@@ -265,6 +265,9 @@ class ExternalMonitor:
     schema_version: int = field(default=SCHEMA_VERSION)
     alerts: list[AlertRule] = field(default_factory=list)  # see config/alerts.py
     cost: CostConfig = field(default_factory=CostConfig)  # see config/prices.py
+    # The judges registered in MLflow on the experiment (config/registered.py): read from
+    # MLflow's registry with the config, never stored in the monitor's tags.
+    registered: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def created_at(self) -> datetime:
@@ -311,7 +314,7 @@ class ExternalMonitor:
                 config_version=int(value["config_version"]),
                 created_at_ms=int(value["created_at_ms"]),
                 updated_at_ms=int(value["updated_at_ms"]),
-                alerts=rules_from(value.get("alerts"), suite.feedback_names),
+                alerts=rules_from(value.get("alerts"), None),  # checked when written
                 cost=cost_from(value.get("cost")),
             )
         except KeyError as e:
@@ -342,6 +345,12 @@ class ExternalMonitor:
             extra = f" ({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else ""
             where = f" where {judge.filter_string}" if judge.filter_string else ""
             lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
+        names = set(suite.feedback_names)
+        theirs = [r for r in self.registered if r.name not in names]
+        lines += ["  judges registered in MLflow (the experiment's Judges page):"] if theirs else []
+        for r in theirs:
+            runs = "run by the daemon" if r.started else "not run"
+            lines.append(f"    - {r.name} ({r.describe()}): {runs}")
         lines += ["  alerts:"] if self.alerts else []
         lines += [f"    - {r.name}: {r.describe()}" for r in self.alerts]
         if self.cost.daily_budget_usd is not None:

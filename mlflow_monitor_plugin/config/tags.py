@@ -157,9 +157,18 @@ class MonitorTags:
             raise MonitorNotFoundError(f"Experiment {experiment_id!r} is deleted.")
         return dict(experiment.tags)
 
-    def read_config(self, experiment_id: str) -> ExternalMonitor | None:
+    def read_config(self, experiment_id: str, registered: bool = True) -> ExternalMonitor | None:
+        """The monitor of the experiment, None when it has none; with the judges registered in
+        MLflow on the experiment (``monitor.registered``) unless ``registered`` is False."""
         document = join_document(self.experiment_tags(experiment_id), experiment_id)
-        return None if document is None else parse_monitor(document, experiment_id)
+        if document is None:
+            return None
+        monitor = parse_monitor(document, experiment_id)
+        if registered:
+            from mlflow_monitor_plugin.config import registered as registry
+
+            monitor.registered = tuple(registry.read(experiment_id, self.client))
+        return monitor
 
     def write_config(
         self, monitor: ExternalMonitor, previous: dict[str, str] | None = None

@@ -54,7 +54,7 @@ from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.observe.tracker import STALE_KEY
 from mlflow_monitor_plugin.observe.windows import DAY_MS, window_start
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
-from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec, endpoint_missing, monitor_judges
 from mlflow_monitor_plugin.scoring.pool import Due, Outcome
 
 _logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def cursor_key(monitor_id: str, window: TimeRange, judges: list[str]) -> str:
 def select_judges(monitor: ExternalMonitor, names: list[str] | None) -> list[JudgeSpec]:
     """The monitor's trace judges, or only the ones named; an unknown name is a config error.
     Session judges are the session pass's, and unavailable code judges cannot run."""
-    judges = [j for j in build_judges(monitor.assessments_config) if not j.session]
+    judges = [j for j in monitor_judges(monitor) if not j.session]
     judges = [j for j in judges if not j.unavailable]
     known = [j.name for j in judges]
     for name in names or []:
@@ -218,12 +218,11 @@ class Backfill:
                 f"The monitor of experiment {self.experiment_id} is paused; update it with "
                 "paused off to backfill."
             )
-        llm = [j.name for j in self.judges if j.is_llm]
-        if llm and not llm_endpoint_configured():
+        missing = {j.name: why for j in self.judges if (why := endpoint_missing(j))}
+        if missing:
+            names, why = ", ".join(missing), next(iter(missing.values()))
             raise MonitorError(
-                f"No judge endpoint is configured for {', '.join(llm)}: set OPENAI_API_KEY "
-                "(and OPENAI_API_BASE for an OpenAI-compatible server), or name only "
-                "deterministic judges with --judge."
+                f"No judge endpoint for {names}: {why}; or name only other judges with --judge."
             )
         if not self.lease.acquire(self._now_ms()):
             holder = (self.tags.read_json(self.experiment_id, LEASE_KEY) or {}).get("owner")

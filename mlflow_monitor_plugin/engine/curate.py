@@ -77,7 +77,7 @@ def _normal(value: Any) -> str:
 def latest_verdict(info: TraceInfo, monitor_id: str, judge: str) -> list[Any] | None:
     """The feedbacks of the judge's latest valid verdict from this monitor, or None."""
     state = judge_states(info, monitor_id).get(judge)
-    groups = [g for g in (state.complete if state else []) if all(a.valid is not False for a in g)]
+    groups = [g for g in (state.verdicts if state else []) if all(a.valid is not False for a in g)]
     if not groups:
         return None
     return max(groups, key=lambda g: max(a.create_time_ms or 0 for a in g))

@@ -25,6 +25,7 @@ from typing import Any
 from mlflow.entities import TraceInfo
 from mlflow.tracking import MlflowClient
 
+from mlflow_monitor_plugin.config import mirrors
 from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
@@ -32,6 +33,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.shards import Shard
 from mlflow_monitor_plugin.engine.budget import Budget
 from mlflow_monitor_plugin.engine.lease import new_owner
+from mlflow_monitor_plugin.engine.native import NativeFence
 from mlflow_monitor_plugin.engine.passes import (
     Cursor,
     PageInFlight,
@@ -44,11 +46,11 @@ from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.engine.shards import CHECKPOINT_KEY, ShardWork
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
-from mlflow_monitor_plugin.observe.skipped import NO_ENDPOINT, SKIPPED_KEY, Skips
+from mlflow_monitor_plugin.observe.skipped import SKIPPED_KEY, Skips
 from mlflow_monitor_plugin.observe.tracker import STALE_KEY, QualitySettings, QualityTracker
 from mlflow_monitor_plugin.scoring import limiter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
-from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges, llm_endpoint_configured
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec, endpoint_missing, monitor_judges
 from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Outcome, Scorer
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
 
@@ -113,6 +115,8 @@ class MonitorEngine:
         self.lease = self.shards.lease
         self.quality = quality
         self.budget = Budget(tags, experiment_id, self.source)  # cost.daily_budget_usd
+        self.native = NativeFence(tags.client, experiment_id)  # MLflow's runner kept off
+        self._mirrored: tuple[str, int] | None = None  # the config listed in MLflow's registry
 
     @classmethod
     def create(
@@ -196,6 +200,7 @@ class MonitorEngine:
         stats.skipped = self.shards.admit(monitor.monitor_id, now_ms, self.settings.export)
         if stats.skipped:
             return stats
+        self._keep_mlflow_in_step(monitor)
         judges = self.budget.start(monitor, self.judges_for(monitor))
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
         export = self._export_for(monitor, now_ms)
@@ -243,6 +248,22 @@ class MonitorEngine:
         self._observe(ctx, now_ms)
         return stats
 
+    def _keep_mlflow_in_step(self, monitor: ExternalMonitor) -> None:
+        """MLflow's side of the monitor: its judges listed in MLflow's registry (once per
+        config version, for a config written by an older version or whose listing failed),
+        and MLflow's own runner held off the experiment (engine/native.py). Never fails a pass."""
+        try:
+            key = (monitor.monitor_id, monitor.config_version)
+            if self._mirrored != key:
+                state = mirrors.read_state(self.tags, self.experiment_id, monitor.monitor_id)
+                if not mirrors.in_step(state, monitor):
+                    mirrors.sync(monitor, self.tags)
+                self._mirrored = key
+            self.native.hold(monitor)
+        except Exception:
+            _logger.exception("MLflow's judge registry of experiment %s not kept in step",
+                              self.experiment_id)  # fmt: skip
+
     @property
     def sessions(self) -> SessionPass:
         """The pass of the session judges, made on first use."""
@@ -271,15 +292,14 @@ class MonitorEngine:
         if monitor.assessments_config.paused:
             return []
         judges = []
-        endpoint = llm_endpoint_configured()
-        for judge in build_judges(monitor.assessments_config):
+        for judge in monitor_judges(monitor):
             if judge.unavailable:
                 self._skipping[judge.name] = f"unavailable: {judge.unavailable}"
                 if (judge.name, judge.unavailable) not in self._reported:
                     self._reported.add((judge.name, judge.unavailable))
                     _logger.warning("Judge %s is unavailable: %s", judge.name, judge.unavailable)
-            elif judge.is_llm and not endpoint:
-                self._skipping[judge.name] = NO_ENDPOINT
+            elif missing := endpoint_missing(judge):
+                self._skipping[judge.name] = missing
             else:
                 judges.append(judge)
         return judges

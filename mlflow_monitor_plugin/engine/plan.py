@@ -25,7 +25,7 @@ from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.engine.budget import priced
 from mlflow_monitor_plugin.scoring import usage
 from mlflow_monitor_plugin.scoring.feedback import JUDGE_KEY, MONITOR_KEY, VERDICT_KEY
-from mlflow_monitor_plugin.scoring.judges import JudgeSpec, build_judges
+from mlflow_monitor_plugin.scoring.judges import JudgeSpec, monitor_judges
 
 _logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def plan(
     counts are expected values. ``measure`` runs real judge calls on (trace id, judge) pairs
     for the judges that have no recent usage, and returns their verdicts."""
     book = book or PriceBook(monitor.cost.prices)
-    specs = [j for j in build_judges(monitor.assessments_config) if not j.unavailable]
+    specs = [j for j in monitor_judges(monitor) if not j.unavailable]
     specs = priced([j for j in specs if not j.session], monitor, book)
     plans = {j.name: JudgePlan(j.name, j.rate, j.is_llm, j.model, exact=existing) for j in specs}
     since = now_ms - over_ms

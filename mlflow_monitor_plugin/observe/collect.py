@@ -26,7 +26,7 @@ from mlflow_monitor_plugin.observe.windows import (
 )
 from mlflow_monitor_plugin.scoring import usage
 from mlflow_monitor_plugin.scoring.feedback import SECONDS_KEY, VERDICT_KEY, judge_states
-from mlflow_monitor_plugin.scoring.judges import build_judges
+from mlflow_monitor_plugin.scoring.judges import monitor_judges
 
 _logger = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def window_judges(monitor: Any) -> Judges:
     """(feedback name, sample rate) of the monitor's trace judges. A session judge's verdict
     belongs to a whole session, not to the trace it is logged on, so the windows of traces
     leave session judges out (``status`` counts them per session)."""
-    return tuple(
-        (j.name, j.rate) for j in build_judges(monitor.assessments_config) if not j.session
-    )
+    return tuple((j.name, j.rate) for j in monitor_judges(monitor) if not j.session)
 
 
 def _created(assessments: Iterable[Any]) -> int | None:
@@ -86,9 +84,9 @@ def outcomes(
             result[name] = _plain(False, rate)
             continue
         state = states.get(name)
-        if state and state.complete:
+        if state and state.verdicts:
             # the verdict the reconcile keeps when two daemons raced: the lowest verdict id
-            group = min(state.complete, key=lambda g: g[0].metadata.get(VERDICT_KEY, ""))
+            group = min(state.verdicts, key=lambda g: g[0].metadata.get(VERDICT_KEY, ""))
             primary = [a for a in group if a.name == name] or group[:1]
             kind, value = combine([classify(getattr(a, "value", None)) for a in primary])
             tokens, cost = _usage(group[0])

@@ -65,7 +65,7 @@ def verdict_delay_s(info: TraceInfo, state: JudgeState | None) -> float | None:
     """Seconds from the trace's end to its first verdict's creation."""
     if not state or not state.done:
         return None
-    stamps = [a.create_time_ms for g in state.complete for a in g if a.create_time_ms]
+    stamps = [a.create_time_ms for g in state.verdicts for a in g if a.create_time_ms]
     if not stamps:
         return None
     ended = info.timestamp_ms + (info.execution_duration or 0)

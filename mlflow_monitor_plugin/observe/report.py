@@ -15,7 +15,7 @@ from mlflow_monitor_plugin.observe.collect import Judges, WindowReader, window_j
 from mlflow_monitor_plugin.observe.spend import budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.tracker import window_rows
 from mlflow_monitor_plugin.observe.windows import DAY_MS, HOUR_MS, WIDTHS, trend, window_start
-from mlflow_monitor_plugin.scoring.judges import build_judges
+from mlflow_monitor_plugin.scoring.judges import monitor_judges
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNIT_MS = {"m": 60_000, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
@@ -52,7 +52,7 @@ def windows(
     source = source or TraceSource(monitor.experiment_id)
     tags = MonitorTags()
     schedule = schedule_of(tags, monitor.experiment_id, monitor.monitor_id)
-    llm = frozenset(j.name for j in build_judges(monitor.assessments_config) if j.is_llm)
+    llm = frozenset(j.name for j in monitor_judges(monitor) if j.is_llm)
     reader = WindowReader(
         source, monitor.monitor_id, judges, max_failed_passes,
         rate_of=budget_rates(schedule, llm),

@@ -19,15 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_monitor_plugin.config.tags import NAMESPACE
+from mlflow_monitor_plugin.scoring.judges import NO_ENDPOINT  # noqa: F401 - re-exported
 
 SKIPPED_KEY = "skipped"  # under the plugin's tag namespace, then per shard (Shard.key)
 MAX_RANGES = 20  # per judge: the oldest ranges are dropped first
-
-NO_ENDPOINT = (
-    "no judge endpoint in the daemon's environment: set OPENAI_API_KEY (and OPENAI_API_BASE "
-    "for an OpenAI-compatible server) where `mlflow monitor run` runs, or give the judge a "
-    "gateway:/<endpoint> model"
-)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from mlflow_monitor_plugin.observe.windows import (
     settled,
     window_start,
 )
-from mlflow_monitor_plugin.scoring.judges import build_judges
+from mlflow_monitor_plugin.scoring.judges import monitor_judges
 
 _logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class QualityTracker:
         since_ms = self._updated_wall_ms or wall_ms - int(stats.seconds * 1000) - 1
         self._updated_ms, self._updated_wall_ms = now_ms, wall_ms
         touched, self._pending = self._pending, {}
-        specs = build_judges(monitor.assessments_config)
+        specs = monitor_judges(monitor)
         judges = tuple((j.name, j.rate) for j in specs if not j.session)
         if self._key != (monitor.monitor_id, judges):
             self._reset(monitor, judges)

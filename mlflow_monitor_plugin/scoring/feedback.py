@@ -41,6 +41,8 @@ CONFIG_VERSION_KEY = "mlflow_monitor.config_version"
 FAILED_PASSES_KEY = "mlflow_monitor.failed_passes"
 SECONDS_KEY = "mlflow_monitor.seconds"  # the judge's latency (absent before version 0.2)
 SESSION_VERSION_KEY = "mlflow_monitor.session_version"  # on a session judge's verdicts
+SCORER_NAME_KEY = "mlflow.assessment.scorerName"  # MLflow's, on a registered scorer's feedback
+ONLINE_SESSION_KEY = "mlflow.assessment.onlineScoringSessionId"
 CODE_SOURCE_PREFIX = "mlflow_monitor/"
 # What MLflow's Feedback carries when its maker named no one: never a judge's name.
 _ANONYMOUS_SOURCE_IDS = (None, "", "default")
@@ -77,10 +79,18 @@ class JudgeState:
     complete: list[list[Any]] = field(default_factory=list)  # whole verdicts, each a group
     partial: list[list[Any]] = field(default_factory=list)
     errors: list[Any] = field(default_factory=list)
+    # Verdicts MLflow's own online scoring wrote for this judge (engine/native.py): they make
+    # the pair done, count in the windows when the monitor wrote none, and are never deleted.
+    native: list[Any] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
-        return bool(self.complete)
+        return bool(self.complete or self.native)
+
+    @property
+    def verdicts(self) -> list[list[Any]]:
+        """The complete verdicts, the monitor's own first, else MLflow's runner's."""
+        return self.complete or [[a] for a in self.native]
 
     @property
     def failed_passes(self) -> int:
@@ -93,6 +103,9 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
     states: dict[str, JudgeState] = defaultdict(JudgeState)
     for assessment in info.assessments or []:
         meta = assessment.metadata or {}
+        if _native(assessment, meta):
+            states[meta[SCORER_NAME_KEY]].native.append(assessment)
+            continue
         if meta.get(MONITOR_KEY) != monitor_id or JUDGE_KEY not in meta:
             continue
         if SESSION_VERSION_KEY in meta:
@@ -106,6 +119,19 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
         state = states[judge]
         (state.complete if len(group) >= expected else state.partial).append(group)
     return dict(states)
+
+
+def _native(assessment: Any, meta: dict[str, Any]) -> bool:
+    """A verdict of a judge registered in MLflow, written by MLflow (its online scoring, or a
+    run of the registered judge): no monitor's metadata, the registered scorer's name, no
+    error, on a trace (a session's verdict has its own metadata)."""
+    return (
+        SCORER_NAME_KEY in meta
+        and MONITOR_KEY not in meta
+        and getattr(assessment, "error", None) is None
+        and ONLINE_SESSION_KEY not in meta
+        and getattr(assessment, "valid", True) is not False
+    )
 
 
 @dataclass

@@ -5,107 +5,48 @@ Feedback names follow the Databricks judges (``safety``, ``groundedness``, ``chu
 Only names from the fixed catalog (config/catalog.py) become built-in scorers; a custom judge is
 a prompt given to MLflow's ``make_judge``; a code judge is looked up by name among the installed
 entry points of group ``mlflow_monitor.scorers``. Nothing read from a tag is imported or
-evaluated.
+evaluated. A judge started in MLflow's own registry (config/registered.py) is built from its
+stored definition by ``Scorer.model_validate_json``, which reads data; one whose definition
+carries code is built only when the operator allowed it (``allow_registered_code``, the
+daemon's ``--allow-registered-code``).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
-import typing
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 from mlflow.entities import SpanType, Trace
 
 from mlflow_monitor_plugin.config.catalog import CATALOG
-from mlflow_monitor_plugin.config.custom import (
-    ENTRY_POINT_GROUP,
-    VALUE_TYPES,
-    CodeJudge,
-    CustomJudge,
-    template_variables,
-)
-from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, GuidelinesJudge
+from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig
 from mlflow_monitor_plugin.config.prices import Price
+from mlflow_monitor_plugin.config.scorers import (  # noqa: F401 - re-exported
+    JUDGE_MODEL_ENV,
+    REGISTERED_CODE_REFUSED,
+    CodeJudgeUnavailable,
+    Definition,
+    ScorerFactory,
+    allow_registered_code,
+    definitions,
+    load_code_scorer,
+    registered_code_allowed,
+)
 
 _logger = logging.getLogger(__name__)
 
-JUDGE_MODEL_ENV = "MLFLOW_GENAI_JUDGE_DEFAULT_MODEL"
+GATEWAY_URI_ENV = "MLFLOW_GATEWAY_URI"  # MLflow's: where gateway:/ models are called
+NO_ENDPOINT = (
+    "no judge endpoint in the daemon's environment: set OPENAI_API_KEY (and OPENAI_API_BASE "
+    "for an OpenAI-compatible server) where `mlflow monitor run` runs, or give the judge a "
+    "gateway:/<endpoint> model"
+)
 # MLflow's judges call an OpenAI-compatible endpoint when one of these is set (or a key for
 # api.openai.com is present).
 LLM_ENDPOINT_ENVS = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL")
-
-
-class CodeJudgeUnavailable(LookupError):
-    """A code judge's name has no installed entry point (or it does not load)."""
-
-
-@dataclass(frozen=True)
-class ScorerFactory:
-    """Builds one scorer. A plain value, so a judge can be sent to a scoring process (see
-    pool.py) and used as a dict key. ``kind`` is 'builtin' (a class of the fixed catalog),
-    'custom' (``make_judge``) or 'code' (an installed entry point)."""
-
-    kind: str
-    name: str
-    kwargs_json: str = "{}"
-    scorer_class: str = ""
-
-    @classmethod
-    def of(cls, kind: str, name: str, scorer_class: str = "", **kwargs: Any) -> ScorerFactory:
-        return cls(kind, name, json.dumps(kwargs, sort_keys=True), scorer_class)
-
-    def __call__(self) -> Any:
-        kwargs = json.loads(self.kwargs_json)
-        if self.kind == "custom":
-            from mlflow.genai.judges import make_judge
-
-            value_type = _value_type(kwargs.pop("feedback_value_type", None))
-            return make_judge(name=self.name, feedback_value_type=value_type, **kwargs)
-        if self.kind == "code":
-            return load_code_scorer(self.name)
-        from mlflow.genai import scorers
-
-        return getattr(scorers, self.scorer_class)(name=self.name, **kwargs)
-
-
-def _value_type(data: Any) -> Any:
-    if data is None:
-        return None
-    if isinstance(data, list):
-        return typing.Literal[tuple(data)]
-    return VALUE_TYPES[data]
-
-
-def load_code_scorer(name: str) -> Any:
-    """The scorer an installed package exposes as entry point ``name`` of group
-    ``mlflow_monitor.scorers``: a ``Scorer`` (e.g. an ``@scorer`` function) or a ``Scorer``
-    subclass, which is instantiated."""
-    from mlflow.genai.scorers import Scorer
-
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if not found:
-        raise CodeJudgeUnavailable(
-            f"no entry point {name!r} in group {ENTRY_POINT_GROUP!r} is installed in the "
-            "daemon's environment"
-        )
-    try:
-        obj = found[0].load()
-    except Exception as e:
-        raise CodeJudgeUnavailable(
-            f"entry point {name!r} ({found[0].value}) does not load: {type(e).__name__}: {e}"
-        ) from None
-    if isinstance(obj, type) and issubclass(obj, Scorer):
-        obj = obj()
-    if not isinstance(obj, Scorer):
-        raise CodeJudgeUnavailable(
-            f"entry point {name!r} ({found[0].value}) is a {type(obj).__name__}, expected an "
-            "mlflow.genai Scorer (an @scorer function or a Scorer subclass)"
-        )
-    return obj
 
 
 @dataclass(frozen=True)
@@ -125,6 +66,7 @@ class JudgeSpec:
     session: bool = False
     unavailable: str | None = None
     price: Price | None = None
+    origin: str = "monitor"  # or "mlflow": started in MLflow's registry (config/registered.py)
 
     def applies_to(self, trace: Trace) -> bool:
         return all(_has(trace, need) for need in self.needs - {"session"})
@@ -135,7 +77,7 @@ class JudgeSpec:
 
     def call(self, scorer: Any, trace: Trace, session: list[Trace] | None = None) -> Any:
         """Run ``scorer`` (built by ``make``) on a trace, or on a session's traces."""
-        if self.make.kind == "code":
+        if self.make.kind in ("code", "registered_code"):
             from mlflow.genai.utils.trace_utils import (
                 resolve_inputs_from_trace,
                 resolve_outputs_from_trace,
@@ -160,70 +102,124 @@ def _has(trace: Trace, need: str) -> bool:
     return value not in (None, "", "null", "{}", "[]")
 
 
-def _model_kwargs(model: str | None) -> dict[str, Any]:
-    return {"model": model} if model else {}
-
-
 def build_judges(suite: AssessmentsSuiteConfig) -> list[JudgeSpec]:
     """The judges a suite runs, each with its effective rate and model. A code judge that is
     not installed comes back with ``unavailable`` set, the others are unaffected."""
     specs = []
-    for judge in suite.assessments or []:
-        rate = judge.sample_rate if judge.sample_rate is not None else suite.default_rate
-        model = getattr(judge, "model", None) or suite.model or os.environ.get(JUDGE_MODEL_ENV)
-        model = model or None
-        where = judge.filter_string
-        if isinstance(judge, GuidelinesJudge):
-            for name, texts in judge.guidelines.items():
-                make = ScorerFactory.of(
-                    "builtin", name, "Guidelines", guidelines=texts, **_model_kwargs(model)
-                )
-                needs = frozenset({"inputs", "outputs"})
-                specs.append(JudgeSpec(name, rate, True, model, needs, make, where))
-        elif isinstance(judge, CustomJudge):
-            make = ScorerFactory.of(
-                "custom",
-                judge.name,
-                instructions=judge.instructions,
-                feedback_value_type=judge.feedback_value_type,
-                **_model_kwargs(model),
-            )
-            used = template_variables(judge.instructions)
-            needs = frozenset({"session"} if judge.session else used & {"inputs", "outputs"})
-            specs.append(
-                JudgeSpec(judge.name, rate, True, model, needs, make, where, judge.session)
-            )
-        elif isinstance(judge, CodeJudge):
-            specs.append(_code_spec(judge, rate, where))
+    for d in definitions(suite):
+        if d.make.kind == "code":
+            specs.append(_code_spec(d))
         else:
-            info = CATALOG[judge.name]
-            llm_model = model if info.llm else None
-            make = ScorerFactory.of(
-                "builtin", judge.name, info.scorer, **(judge.args or {}), **_model_kwargs(llm_model)
-            )
             specs.append(
                 JudgeSpec(
-                    judge.name, rate, info.llm, llm_model, frozenset(info.needs), make, where,
-                    info.session,
+                    d.name, d.rate, d.llm, d.model, d.needs, d.make, d.filter_string, d.session
                 )
-            )  # fmt: skip
+            )
     return specs
 
 
-def _code_spec(judge: CodeJudge, rate: float, where: str | None) -> JudgeSpec:
-    make = ScorerFactory.of("code", judge.name)
+def _code_spec(d: Definition) -> JudgeSpec:
     try:
-        scorer = load_code_scorer(judge.name)
+        scorer = load_code_scorer(d.name)
     except CodeJudgeUnavailable as e:
         return JudgeSpec(
-            judge.name, rate, False, None, frozenset(), make, where, unavailable=str(e)
+            d.name, d.rate, False, None, frozenset(), d.make, d.filter_string, unavailable=str(e)
         )
     session = bool(getattr(scorer, "is_session_level_scorer", False))
     needs = frozenset({"session"} if session else ())
-    return JudgeSpec(judge.name, rate, False, None, needs, make, where, session)
+    return JudgeSpec(d.name, d.rate, False, None, needs, d.make, d.filter_string, session)
 
 
 def llm_endpoint_configured(environ: dict[str, str] | None = None) -> bool:
     """Whether MLflow's LLM judges have an endpoint to call in this environment."""
     env = os.environ if environ is None else environ
     return any(env.get(name) for name in LLM_ENDPOINT_ENVS) or bool(env.get(JUDGE_MODEL_ENV))
+
+
+def endpoint_missing(judge: JudgeSpec, environ: dict[str, str] | None = None) -> str | None:
+    """Why an LLM judge has no endpoint to call in this environment, None when it has one. A
+    ``gateway:/<endpoint>`` model is called through the tracking server's AI Gateway, which
+    holds the provider key: it needs an HTTP tracking URI (or ``MLFLOW_GATEWAY_URI``), no key."""
+    if not judge.is_llm:
+        return None
+    env = os.environ if environ is None else environ
+    if is_gateway(judge.model):
+        if env.get(GATEWAY_URI_ENV) or _http(_tracking_uri(env)):
+            return None
+        return (
+            f"its model {judge.model} is called through an MLflow tracking server's AI Gateway: "
+            "set MLFLOW_TRACKING_URI to the server (http://...), or MLFLOW_GATEWAY_URI"
+        )
+    if llm_endpoint_configured(env):
+        return None
+    return NO_ENDPOINT
+
+
+def is_gateway(model: str | None) -> bool:
+    return bool(model) and model.startswith("gateway:/")
+
+
+def _http(uri: str | None) -> bool:
+    return bool(uri) and uri.split(":", 1)[0] in ("http", "https")
+
+
+def _tracking_uri(env: Any) -> str | None:
+    if env is os.environ:
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    return env.get("MLFLOW_TRACKING_URI")
+
+
+# What a trace must carry for a registered built-in judge, by MLflow scorer class.
+_BUILTIN_NEEDS = {info.scorer: frozenset(info.needs) for info in CATALOG.values()}
+_BUILTIN_NEEDS["Guidelines"] = frozenset({"inputs", "outputs"})
+
+
+def build_registered(judges: Any, taken: Any = ()) -> list[JudgeSpec]:
+    """The judges started in MLflow's registry (``RegisteredJudge``, config/registered.py) as
+    the engine runs them, origin ``mlflow``. One whose name the monitor's config also holds is
+    the monitor's (its own judge, mirrored there, or a clash: the config wins) and is left
+    out. One that cannot run here comes back with ``unavailable`` set."""
+    specs = []
+    for r in judges:
+        if not r.started or r.name in taken:
+            continue
+        code = r.kind in ("code", "third_party")
+        make = ScorerFactory("registered_code" if code else "registered", r.name, r.serialized)
+        if r.kind == "instructions":
+            needs = frozenset(r.variables & {"inputs", "outputs"})
+        else:
+            needs = _BUILTIN_NEEDS.get(r.builtin_class or "", frozenset())
+        needs = needs - {"session"} | ({"session"} if r.session else frozenset())
+        unavailable = r.problem or (
+            REGISTERED_CODE_REFUSED if code and not registered_code_allowed() else None
+        )
+        if unavailable is None:
+            unavailable = _loads(make)
+        specs.append(
+            JudgeSpec(
+                r.name, float(r.sample_rate or 0.0), r.llm, r.model if r.llm else None, needs,
+                make, r.filter_string, r.session, unavailable, origin="mlflow",
+            )
+        )  # fmt: skip
+    return specs
+
+
+@functools.lru_cache(maxsize=256)
+def _loads(make: ScorerFactory) -> str | None:
+    """None when MLflow builds the stored scorer, else why not (an unknown class, a newer
+    format): listed as unavailable, never a crash of the pass."""
+    try:
+        make()
+    except Exception as e:
+        return f"MLflow cannot load its definition: {type(e).__name__}: {str(e)[:300]}"
+    return None
+
+
+def monitor_judges(monitor: Any) -> list[JudgeSpec]:
+    """Every judge of a monitored experiment: the monitor's config, then the judges started
+    in MLflow's registry (``monitor.registered``, read with the config)."""
+    own = build_judges(monitor.assessments_config)
+    names = set(monitor.assessments_config.feedback_names)
+    return own + build_registered(getattr(monitor, "registered", ()), names)

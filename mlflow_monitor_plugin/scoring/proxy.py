@@ -1,14 +1,17 @@
-"""A loopback forwarder between MLflow's judge client and the OpenAI-compatible judge endpoint.
+"""A loopback forwarder between MLflow's judge client and the judge endpoint: an
+OpenAI-compatible one, or the tracking server's AI Gateway for ``gateway:/<endpoint>`` models.
 
 MLflow's judge client retries 429/5xx/timeouts itself, on a fixed schedule that ignores
-Retry-After. The daemon routes judge calls through this proxy (it points ``OPENAI_API_BASE`` at
-it) so that one place rate-limits every judge HTTP call, honours Retry-After, retries with
-jittered exponential backoff, and bounds a call's total time. It also holds the concurrency gate
-(limiter.py): at most the adaptive limit of calls are in flight to the judge, and each call's
-round trip and outcome (429, 503, 504 and timeouts are congestion) adjust that limit. When the
-retries run out it answers
-400 with the reason, which MLflow's client does not retry: the engine then logs error feedback
-and retries the (trace, judge) on a later pass.
+Retry-After. The daemon routes judge calls through this proxy so that one place rate-limits
+every judge HTTP call, honours Retry-After, retries with jittered exponential backoff, and
+bounds a call's total time: it points ``OPENAI_API_BASE`` at the proxy, and MLflow's
+``MLFLOW_GATEWAY_URI`` at its ``/_gateway`` route, which forwards to the tracking server's AI
+Gateway (the gateway holds the provider's key, so the daemon needs none; it passes no
+Retry-After on, so backoff does the waiting). It also holds the concurrency gate (limiter.py):
+at most the adaptive limit of calls are in flight to the judge, and each call's round trip and
+outcome (429, 503, 504 and timeouts are congestion) adjust that limit. When the retries run
+out it answers 400 with the reason, which MLflow's client does not retry: the engine then logs
+error feedback and retries the (trace, judge) on a later pass.
 
 The proxy forwards the caller's headers (the API key among them) and never logs them. It also
 counts each reply's tokens for the verdict that made the call (usage.py explains the channel).
@@ -54,6 +57,8 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 CONGESTION_STATUSES = frozenset({408, 429, 503, 504})  # the judge is overloaded: cut the limit
 BASE_ENVS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+GATEWAY_URI_ENV = "MLFLOW_GATEWAY_URI"
+GATEWAY_PREFIX = "/_gateway"  # the proxy's route to the tracking server's AI Gateway
 TIMEOUT_ENV = "MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS"
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding"}
 _CALL_HEADER = usage.CALL_HEADER.lower()  # ours: never forwarded to the judge
@@ -92,11 +97,14 @@ class JudgeProxy:
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | None,
         settings: ProxySettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        gateway: str | None = None,
     ):
-        self.upstream = upstream.rstrip("/")
+        self.upstream = (upstream or DEFAULT_UPSTREAM).rstrip("/")
+        # calls to ``gateway:/`` models: MLFLOW_GATEWAY_URI names the proxy + GATEWAY_PREFIX
+        self.gateway = gateway.rstrip("/") if gateway else None
         self.settings = settings or ProxySettings()
         self._sleep = sleep
         self._limiter = RateLimiter(self.settings.rate_limit)
@@ -132,6 +140,13 @@ class JudgeProxy:
         self._server.server_close()
         self._http.clear()
 
+    def target(self, path: str) -> str:
+        """Where a call goes: the tracking server's AI Gateway for a ``gateway:/`` model, the
+        OpenAI-compatible endpoint for the others."""
+        if self.gateway and path.startswith(GATEWAY_PREFIX + "/"):
+            return _join(self.gateway, path[len(GATEWAY_PREFIX) :])
+        return _join(self.upstream, path)
+
     def forward(
         self, path: str, body: bytes, headers: dict[str, str], call_id: str | None = None
     ) -> tuple[int, dict[str, str], bytes]:
@@ -148,7 +163,7 @@ class JudgeProxy:
             try:
                 response = self._http.request(
                     "POST",
-                    _join(self.upstream, path),
+                    self.target(path),
                     body=body,
                     headers=headers,
                     timeout=urllib3.Timeout(total=s.timeout_s),
@@ -254,6 +269,15 @@ def _join(upstream: str, path: str) -> str:
     return urlunsplit(base._replace(path=base.path.rstrip("/") + extra.path, query=query))
 
 
+def gateway_from_env() -> str | None:
+    """The MLflow server whose AI Gateway serves ``gateway:/`` judge models: MLflow's own
+    ``MLFLOW_GATEWAY_URI``, else an HTTP tracking URI; None on a local store without it."""
+    import mlflow
+
+    uri = os.environ.get(GATEWAY_URI_ENV) or mlflow.get_tracking_uri()
+    return uri if uri.split(":", 1)[0] in ("http", "https") else None
+
+
 def upstream_from_env() -> str | None:
     """The judge endpoint configured for MLflow's OpenAI judges, or None when there is none."""
     for name in BASE_ENVS:
@@ -266,8 +290,8 @@ def upstream_from_env() -> str | None:
 def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | None]:
     """Route this process's OpenAI judge calls through a ``JudgeProxy`` while the block runs;
     MLflow's judges read the model catalog they ship instead of fetching it (config/prices.py)."""
-    upstream = upstream_from_env()
-    if upstream is None:
+    upstream, gateway = upstream_from_env(), gateway_from_env()
+    if upstream is None and gateway is None:
         yield None
         return
     catalog_changed = offline_catalog()
@@ -275,20 +299,18 @@ def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | 
     settings = settings or ProxySettings()
     if user_timeout:
         settings = ProxySettings(**{**settings.__dict__, "timeout_s": float(user_timeout)})
-    add_secret_url(upstream)  # the environment will name the proxy, not the upstream
-    proxy = JudgeProxy(upstream, settings).start()
+    if upstream is not None:
+        add_secret_url(upstream)  # the environment will name the proxy, not the upstream
+    proxy = JudgeProxy(upstream, settings, gateway=gateway).start()
     limiter.activate(proxy.gate)
     usage.activate(proxy.ledger)
-    saved = {name: os.environ.get(name) for name in (*BASE_ENVS, TIMEOUT_ENV, usage.PROXY_URL_ENV)}
+    names = (*BASE_ENVS, TIMEOUT_ENV, usage.PROXY_URL_ENV, GATEWAY_URI_ENV)
+    saved = {name: os.environ.get(name) for name in names}
     budget = settings.attempts * (settings.timeout_s + settings.retry_after_max_s) + 60
-    os.environ.update(
-        {
-            BASE_ENVS[0]: proxy.url,
-            BASE_ENVS[1]: proxy.url,
-            TIMEOUT_ENV: f"{budget:g}",
-            usage.PROXY_URL_ENV: proxy.url,
-        }
-    )
+    routes = {BASE_ENVS[0]: proxy.url, BASE_ENVS[1]: proxy.url} if upstream else {}
+    if gateway:  # MLflow calls {MLFLOW_GATEWAY_URI}/gateway/mlflow/v1/chat/completions
+        routes[GATEWAY_URI_ENV] = proxy.url + GATEWAY_PREFIX
+    os.environ.update({**routes, TIMEOUT_ENV: f"{budget:g}", usage.PROXY_URL_ENV: proxy.url})
     _logger.info("Judge calls go through a local proxy to the configured endpoint")
     try:
         yield proxy
