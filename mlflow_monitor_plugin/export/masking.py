@@ -1,0 +1,112 @@
+"""The redaction policy applied to an export row (pure): see docs/export-schema.md, "Masking".
+
+| target | columns |
+|---|---|
+| request | ``request``, ``request_preview`` |
+| response | ``response``, ``response_preview`` |
+| spans | ``spans``: each span's attribute values (inputs, outputs, the rest), its events'
+  attribute values and its status message; ids, names and times stay |
+| assessments | each assessment's ``rationale``, ``value`` and ``error`` |
+| metadata | values of ``trace_metadata`` and ``tags``, except MLflow's own system keys |
+
+``drop`` removes the field that held a value: a column or assessment field becomes NULL, a span
+attribute, event attribute or metadata entry is left out, a status message becomes empty.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlflow_monitor_plugin.redaction import Masker
+
+# MLflow's span attributes that hold ids and types, never content: left as they are.
+_STRUCTURAL_ATTRIBUTES = frozenset({"mlflow.traceRequestId", "mlflow.spanType"})
+# MLflow's own metadata keys whose values a user sets (the rest are system values).
+_USER_METADATA = frozenset({"mlflow.trace.user", "mlflow.trace.session"})
+
+
+def _column(masker: Masker, value: str | None) -> str | None:
+    if value is None:
+        return None
+    masked, found = masker.mask_json_text(value)
+    return None if found and masker.drops else masked
+
+
+def _attributes(masker: Masker, attributes: Any, structural: frozenset[str]) -> bool:
+    """Mask a span's (or event's) attribute values in place; True when one changed."""
+    if not isinstance(attributes, dict):
+        return False
+    changed = False
+    for key in list(attributes):
+        value = attributes[key]
+        if key in structural:
+            continue
+        if isinstance(value, str):
+            masked, found = masker.mask_json_text(value)
+        else:
+            masked, found = masker.mask_value(value)
+        if found:
+            changed = True
+            if masker.drops:
+                del attributes[key]
+            else:
+                attributes[key] = masked
+    return changed
+
+
+def mask_span(masker: Masker, span_json: str) -> str:
+    """One span's JSON (MLflow's export form) with its content masked."""
+    try:
+        span = json.loads(span_json)
+    except ValueError:
+        return _column(masker, span_json) or "null"
+    if not isinstance(span, dict):
+        return span_json
+    changed = _attributes(masker, span.get("attributes"), _STRUCTURAL_ATTRIBUTES)
+    for event in span.get("events") or []:
+        if isinstance(event, dict):
+            changed |= _attributes(masker, event.get("attributes"), frozenset())
+    status = span.get("status")
+    if isinstance(status, dict) and isinstance(status.get("message"), str):
+        masked, found = masker.mask_text(status["message"])
+        if found:
+            status["message"], changed = ("" if masker.drops else masked), True
+    return json.dumps(span, ensure_ascii=False) if changed else span_json
+
+
+def _map(masker: Masker, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for key, value in entries:
+        if key.startswith("mlflow.") and key not in _USER_METADATA:
+            out.append((key, value))
+            continue
+        masked, found = masker.mask_text(value)
+        if not (found and masker.drops):
+            out.append((key, masked))
+    return out
+
+
+def _assessment(masker: Masker, entry: dict[str, Any]) -> dict[str, Any]:
+    entry = dict(entry)
+    for field in ("rationale", "value", "error"):
+        if entry.get(field) is not None:
+            entry[field] = _column(masker, entry[field])
+    return entry
+
+
+def mask_row(masker: Masker, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (from ``trace_to_row``, spans not yet masked) with the policy's targets masked."""
+    for target, columns in (
+        ("request", ("request", "request_preview")),
+        ("response", ("response", "response_preview")),
+    ):
+        if masker.covers(target):
+            for column in columns:
+                row[column] = _column(masker, row[column])
+    if masker.covers("assessments"):
+        row["assessments"] = [_assessment(masker, a) for a in row["assessments"]]
+    if masker.covers("metadata"):
+        row["trace_metadata"] = _map(masker, row["trace_metadata"])
+        row["tags"] = _map(masker, row["tags"])
+    return row

@@ -1,0 +1,133 @@
+"""The built-in kinds, recognized by Microsoft Presidio's pattern recognizers (the ``pii`` extra).
+
+Presidio's recognizers carry the patterns and the checks that keep false positives down: the
+Luhn checksum of card numbers, the IBAN check digits, ``ipaddress`` for IP addresses,
+``phonenumbers`` (Google's libphonenumber) for phone numbers, the checksums of the national ids.
+They run without Presidio's NLP engine, so no spaCy model is downloaded; the e-mail check uses
+``tldextract``'s bundled public-suffix snapshot, never the network.
+
+Each kind also has a *gate*: a cheap necessary condition (``@`` for an e-mail, a run of digits
+for a phone number) tested first, so text without a candidate costs one regex scan. Phone
+numbers are matched on the gate's windows only: ``phonenumbers`` scans a region at a time, about
+0.2 ms per KB and region, too slow for whole spans.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_monitor_plugin.exceptions import MonitorConfigError
+
+EXTRA_HINT = "pip install 'mlflow-monitor[pii]'"
+_TWO_DIGITS = re.compile(r"\d\d")
+
+
+@dataclass(frozen=True)
+class Kind:
+    label: str  # the placeholder's word: [EMAIL]
+    recognizer: str  # the class in presidio_analyzer.predefined_recognizers
+    gate: re.Pattern[str]  # searched first: no match, no candidate
+    window: re.Pattern[str] | None = None  # when given, the recognizer runs on its matches only
+
+
+KIND_TABLE: dict[str, Kind] = {
+    "email": Kind("EMAIL", "EmailRecognizer", re.compile("@")),
+    "phone": Kind(
+        "PHONE",
+        "PhoneRecognizer",
+        re.compile(r"\d(?:[ ().\-/]{0,3}\d){5}"),
+        re.compile(r"(?<![\w+])\+?\(?\d[\d ().\-/]{4,24}\d(?!\w)"),
+    ),
+    "credit_card": Kind("CREDIT_CARD", "CreditCardRecognizer", re.compile(r"\d(?:[ -]?\d){12}")),
+    "iban": Kind("IBAN", "IbanRecognizer", re.compile(r"[A-Z][A-Z]\d\d")),
+    "ip_address": Kind(
+        "IP_ADDRESS",
+        "IpRecognizer",
+        re.compile(r"\d\.\d|:[0-9A-Fa-f]{0,4}:"),
+        re.compile(r"(?<!\w)[0-9A-Fa-f:.]*(?:\d\.\d|:[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:.%/]*"),
+    ),
+}
+_NATIONAL = {
+    "us_ssn": "UsSsnRecognizer", "us_itin": "UsItinRecognizer", "uk_nino": "UkNinoRecognizer",
+    "uk_nhs": "NhsRecognizer", "ca_sin": "CaSinRecognizer", "es_nif": "EsNifRecognizer",
+    "es_nie": "EsNieRecognizer", "it_fiscal_code": "ItFiscalCodeRecognizer",
+    "pl_pesel": "PlPeselRecognizer",
+    "fi_personal_identity_code": "FiPersonalIdentityCodeRecognizer",
+    "se_personnummer": "SePersonnummerRecognizer", "de_tax_id": "DeTaxIdRecognizer",
+    "in_aadhaar": "InAadhaarRecognizer", "in_pan": "InPanRecognizer",
+    "sg_nric_fin": "SgFinRecognizer", "au_tfn": "AuTfnRecognizer", "kr_rrn": "KrRrnRecognizer",
+    "th_tnin": "ThTninRecognizer", "tr_national_id": "TrNationalIdRecognizer",
+    "ng_nin": "NgNinRecognizer", "za_id_number": "ZaIdNumberRecognizer",
+}  # fmt: skip
+KIND_TABLE.update({kind: Kind(kind.upper(), name, _TWO_DIGITS) for kind, name in _NATIONAL.items()})
+
+
+@dataclass(frozen=True)
+class Found:
+    """One recognized value: ``text[start:end]`` is of ``kind`` (a built-in kind or a pattern
+    name), with the recognizer's confidence."""
+
+    start: int
+    end: int
+    kind: str
+    score: float
+
+
+class Recognizer:
+    """One built-in kind: its gate, then its Presidio recognizer."""
+
+    def __init__(self, kind: str, presidio: Any):
+        self.kind = kind
+        self.spec = KIND_TABLE[kind]
+        self._presidio = presidio
+        self._entities = list(presidio.supported_entities)
+
+    def find(self, text: str) -> Iterator[Found]:
+        if not self.spec.gate.search(text):
+            return
+        if self.spec.window is None:
+            yield from self._analyze(text, 0)
+            return
+        for match in self.spec.window.finditer(text):
+            yield from self._analyze(match.group(), match.start())
+
+    def _analyze(self, text: str, offset: int) -> Iterator[Found]:
+        for r in self._presidio.analyze(text, self._entities, None):
+            if r.score > 0 and r.end > r.start:
+                yield Found(offset + r.start, offset + r.end, self.kind, float(r.score))
+
+
+def _offline_email(module: Any) -> Any:
+    """Presidio's e-mail recognizer, checking the domain against tldextract's bundled suffix
+    list: its default extractor would fetch the list from the internet on first use."""
+    import tldextract
+
+    extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+    class OfflineEmailRecognizer(module.EmailRecognizer):  # type: ignore[misc, name-defined]
+        def validate_result(self, pattern_text: str) -> bool:
+            return extract(pattern_text).fqdn != ""
+
+    return OfflineEmailRecognizer()
+
+
+@functools.lru_cache(maxsize=64)
+def load(kind: str) -> Recognizer:
+    """The recognizer of a built-in kind; ``MonitorConfigError`` naming the extra when
+    Presidio is not installed."""
+    try:
+        import presidio_analyzer.predefined_recognizers as module
+    except ImportError as e:
+        raise MonitorConfigError(
+            "pii.kinds",
+            kind,
+            f"the built-in kinds need Microsoft Presidio's recognizers ({e.name} is not "
+            f"installed): {EXTRA_HINT}; or mask with your own pii.patterns only",
+        ) from None
+    spec = KIND_TABLE[kind]
+    presidio = _offline_email(module) if kind == "email" else getattr(module, spec.recognizer)()
+    return Recognizer(kind, presidio)
