@@ -280,7 +280,8 @@ def status_command(
     if output == "json":
         click.echo(json.dumps(status, indent=2))
         return
-    for key in ("experiment_id", "checkpoint", "export_checkpoint", "lag_seconds", "export_uri"):
+    keys = ("experiment_id", "checkpoint", "export_checkpoint", "lag_seconds", "export_uri", "pii")
+    for key in keys:
         click.echo(f"{key + ':':<19}{status[key]}")
     if status.get("concurrency"):
         click.echo(f"{'concurrency:':<19}{_concurrency(status['concurrency'])}")
