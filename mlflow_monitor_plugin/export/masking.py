@@ -2,12 +2,13 @@
 
 | target | columns |
 |---|---|
-| request | ``request``, ``request_preview`` |
-| response | ``response``, ``response_preview`` |
+| request | ``request``, ``request_preview``, metadata ``mlflow.traceInputs`` |
+| response | ``response``, ``response_preview``, metadata ``mlflow.traceOutputs`` |
 | spans | ``spans``: each span's attribute values (inputs, outputs, the rest), its events'
   attribute values and its status message; ids, names and times stay |
 | assessments | each assessment's ``rationale``, ``value`` and ``error`` |
-| metadata | values of ``trace_metadata`` and ``tags``, except MLflow's own system keys |
+| metadata | the other values of ``trace_metadata`` and ``tags``, except MLflow's ids, sizes
+  and versions |
 
 ``drop`` removes the field that held a value: a column or assessment field becomes NULL, a span
 attribute, event attribute or metadata entry is left out, a status message becomes empty.
@@ -22,8 +23,16 @@ from mlflow_monitor_plugin.redaction import Masker
 
 # MLflow's span attributes that hold ids and types, never content: left as they are.
 _STRUCTURAL_ATTRIBUTES = frozenset({"mlflow.traceRequestId", "mlflow.spanType"})
-# MLflow's own metadata keys whose values a user sets (the rest are system values).
-_USER_METADATA = frozenset({"mlflow.trace.user", "mlflow.trace.session"})
+# MLflow's metadata that copies the root span's inputs and outputs (request and response).
+_COPIES = {"request": "mlflow.traceInputs", "response": "mlflow.traceOutputs"}
+# MLflow's metadata and tags that hold ids, sizes and versions, never personal data.
+_SYSTEM_KEYS = frozenset(
+    {
+        "mlflow.sourceRun", "mlflow.modelId", "mlflow.trace.sizeBytes", "mlflow.trace.sizeStats",
+        "mlflow.trace_schema.version", "mlflow.trace.tokenUsage", "mlflow.traceName",
+        "mlflow.artifactLocation", "mlflow.source.type",
+    }
+)  # fmt: skip
 
 
 def _column(masker: Masker, value: str | None) -> str | None:
@@ -75,13 +84,15 @@ def mask_span(masker: Masker, span_json: str) -> str:
     return json.dumps(span, ensure_ascii=False) if changed else span_json
 
 
-def _map(masker: Masker, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _map(masker: Masker, entries: list[tuple[str, str]], keys: set[str] | None) -> list[Any]:
+    """Map entries with the values of ``keys`` (None: every key but MLflow's system keys)
+    masked; ``drop`` leaves an entry out."""
     out = []
     for key, value in entries:
-        if key.startswith("mlflow.") and key not in _USER_METADATA:
+        if (key not in keys) if keys is not None else (key in _SYSTEM_KEYS):
             out.append((key, value))
             continue
-        masked, found = masker.mask_text(value)
+        masked, found = masker.mask_json_text(value)
         if not (found and masker.drops):
             out.append((key, masked))
     return out
@@ -97,16 +108,17 @@ def _assessment(masker: Masker, entry: dict[str, Any]) -> dict[str, Any]:
 
 def mask_row(masker: Masker, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (from ``trace_to_row``, spans not yet masked) with the policy's targets masked."""
-    for target, columns in (
-        ("request", ("request", "request_preview")),
-        ("response", ("response", "response_preview")),
-    ):
+    copies = set()
+    for target in ("request", "response"):
         if masker.covers(target):
-            for column in columns:
+            for column in (target, f"{target}_preview"):
                 row[column] = _column(masker, row[column])
+            copies.add(_COPIES[target])
     if masker.covers("assessments"):
         row["assessments"] = [_assessment(masker, a) for a in row["assessments"]]
     if masker.covers("metadata"):
-        row["trace_metadata"] = _map(masker, row["trace_metadata"])
-        row["tags"] = _map(masker, row["tags"])
+        row["trace_metadata"] = _map(masker, row["trace_metadata"], None)
+        row["tags"] = _map(masker, row["tags"], None)
+    elif copies:
+        row["trace_metadata"] = _map(masker, row["trace_metadata"], copies)
     return row

@@ -103,14 +103,16 @@ class Recognizer:
 
 def _offline_email(module: Any) -> Any:
     """Presidio's e-mail recognizer, checking the domain against tldextract's bundled suffix
-    list: its default extractor would fetch the list from the internet on first use."""
+    list: its default extractor would fetch the list from the internet on first use. Only the
+    domain is checked: Presidio checks the whole match, which fails when the local part holds
+    a '/' (``/Users/alice@example.com/app``, how Databricks names a user's experiments)."""
     import tldextract
 
     extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
     class OfflineEmailRecognizer(module.EmailRecognizer):  # type: ignore[misc, name-defined]
         def validate_result(self, pattern_text: str) -> bool:
-            return extract(pattern_text).fqdn != ""
+            return extract(pattern_text.rpartition("@")[2]).fqdn != ""
 
     return OfflineEmailRecognizer()
 
