@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
-from mlflow_monitor_plugin.export.masking import mask_span
+from mlflow_monitor_plugin.export.masking import RowMasking, mask_span
 from mlflow_monitor_plugin.redaction import SECRET_ENV, masker_for, policy_from
 from mlflow_monitor_plugin.redaction.masker import _masker
 from mlflow_monitor_plugin.redaction.policy import STANDARD_KINDS, TARGETS
@@ -121,7 +121,7 @@ def test_span_content_is_masked_and_its_ids_and_times_are_kept():
         },
     }  # fmt: skip
     masker = masker_for(policy_from("standard"))
-    out = json.loads(mask_span(masker, json.dumps(span)))
+    out = json.loads(mask_span(RowMasking(masker), json.dumps(span)))
     assert json.loads(out["attributes"]["mlflow.spanInputs"]) == {"q": "I am [EMAIL]"}
     assert out["attributes"]["user_ip"] == '"[IP_ADDRESS]"'
     assert out["events"][0]["attributes"]["to"] == "call [PHONE]"
@@ -129,8 +129,8 @@ def test_span_content_is_masked_and_its_ids_and_times_are_kept():
     for key in ("trace_id", "span_id", "name", "start_time_unix_nano", "end_time_unix_nano"):
         assert out[key] == span[key]
     assert out["attributes"]["mlflow.traceRequestId"] == span["attributes"]["mlflow.traceRequestId"]
-    dropped = json.loads(mask_span(masker_for(policy_from({"kinds": "email", "mode": "drop"})),
-                                   json.dumps(span)))  # fmt: skip
+    drop = RowMasking(masker_for(policy_from({"kinds": "email", "mode": "drop"})))
+    dropped = json.loads(mask_span(drop, json.dumps(span)))
     assert "mlflow.spanInputs" not in dropped["attributes"] and "user_ip" in dropped["attributes"]
 
 

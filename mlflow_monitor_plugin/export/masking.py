@@ -35,14 +35,33 @@ _SYSTEM_KEYS = frozenset(
 )  # fmt: skip
 
 
-def _column(masker: Masker, value: str | None) -> str | None:
+class RowMasking:
+    """The masker for one row: the copies of a text within a trace (the request in its column,
+    MLflow's metadata copy, the root span's inputs) are masked once."""
+
+    def __init__(self, masker: Masker):
+        self.masker = masker
+        self.drops = masker.drops
+        self.mask_text = masker.mask_text
+        self.mask_value = masker.mask_value
+        self.covers = masker.covers
+        self._memo: dict[str, tuple[str, bool]] = {}
+
+    def mask_json_text(self, text: str) -> tuple[str, bool]:
+        hit = self._memo.get(text)
+        if hit is None:
+            hit = self._memo[text] = self.masker.mask_json_text(text)
+        return hit
+
+
+def _column(masker: RowMasking, value: str | None) -> str | None:
     if value is None:
         return None
     masked, found = masker.mask_json_text(value)
     return None if found and masker.drops else masked
 
 
-def _attributes(masker: Masker, attributes: Any, structural: frozenset[str]) -> bool:
+def _attributes(masker: RowMasking, attributes: Any, structural: frozenset[str]) -> bool:
     """Mask a span's (or event's) attribute values in place; True when one changed."""
     if not isinstance(attributes, dict):
         return False
@@ -64,7 +83,7 @@ def _attributes(masker: Masker, attributes: Any, structural: frozenset[str]) -> 
     return changed
 
 
-def mask_span(masker: Masker, span_json: str) -> str:
+def mask_span(masker: RowMasking, span_json: str) -> str:
     """One span's JSON (MLflow's export form) with its content masked."""
     try:
         span = json.loads(span_json)
@@ -84,7 +103,7 @@ def mask_span(masker: Masker, span_json: str) -> str:
     return json.dumps(span, ensure_ascii=False) if changed else span_json
 
 
-def _map(masker: Masker, entries: list[tuple[str, str]], keys: set[str] | None) -> list[Any]:
+def _map(masker: RowMasking, entries: list[tuple[str, str]], keys: set[str] | None) -> list[Any]:
     """Map entries with the values of ``keys`` (None: every key but MLflow's system keys)
     masked; ``drop`` leaves an entry out."""
     out = []
@@ -98,7 +117,7 @@ def _map(masker: Masker, entries: list[tuple[str, str]], keys: set[str] | None) 
     return out
 
 
-def _assessment(masker: Masker, entry: dict[str, Any]) -> dict[str, Any]:
+def _assessment(masker: RowMasking, entry: dict[str, Any]) -> dict[str, Any]:
     entry = dict(entry)
     for field in ("rationale", "value", "error"):
         if entry.get(field) is not None:
@@ -106,7 +125,7 @@ def _assessment(masker: Masker, entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def mask_row(masker: Masker, row: dict[str, Any]) -> dict[str, Any]:
+def mask_row(masker: RowMasking, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (from ``trace_to_row``, spans not yet masked) with the policy's targets masked."""
     copies = set()
     for target in ("request", "response"):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from mlflow_monitor_plugin.export.masking import mask_row, mask_span
+from mlflow_monitor_plugin.export.masking import RowMasking, mask_row, mask_span
 
 if TYPE_CHECKING:
     from mlflow.entities import Trace
@@ -158,8 +158,9 @@ def trace_to_row(trace: Trace, exported_at_ms: int, masker: Masker | None = None
     info = trace.info
     spans = trace.data.spans if trace.data is not None else []
     texts = [_span_json(s) for s in spans]  # before anything else
-    if masker is not None and masker.covers("spans"):
-        texts = [mask_span(masker, text) for text in texts]
+    masking = RowMasking(masker) if masker is not None else None
+    if masking is not None and masking.covers("spans"):
+        texts = [mask_span(masking, text) for text in texts]
     row = {
         "trace_id": info.trace_id,
         "client_request_id": _opt_text(info.client_request_id),
@@ -179,7 +180,7 @@ def trace_to_row(trace: Trace, exported_at_ms: int, masker: Masker | None = None
         "schema_version": EXPORT_SCHEMA_VERSION,
         PARTITION_COLUMN: partition_date(info.request_time),
     }
-    return row if masker is None else mask_row(masker, row)
+    return row if masking is None else mask_row(masking, row)
 
 
 def traces_to_table(

@@ -27,6 +27,7 @@ from mlflow_monitor_plugin.redaction.recognizers import Found, Recognizer, load
 SECRET_ENV = "MLFLOW_MONITOR_PII_SECRET"
 MIN_SECRET_LENGTH = 16
 HASH_HEX = 16
+SHORT_TEXT, SHORT_CACHE = 64, 4096
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]")
 _COMPACT = {"phone", "credit_card", "iban"}  # separators do not make another value
 
@@ -62,6 +63,7 @@ class Masker:
         self._labels = {r.kind: r.spec.label for r in recognizers}
         self._labels.update({name: name.upper() for name, _ in policy.patterns})
         self._key = key
+        self._short = functools.lru_cache(maxsize=SHORT_CACHE)(self._find)
 
     @property
     def drops(self) -> bool:
@@ -70,11 +72,19 @@ class Masker:
     def covers(self, target: str) -> bool:
         return self.policy.covers(target)
 
-    def find(self, text: str) -> list[Found]:
-        found = [f for r in self._recognizers for f in r.find(text)]
+    def find(self, text: str) -> tuple[Found, ...]:
+        """The values in ``text``, in order, without overlaps. Short texts (keys, tag values,
+        small fields: they repeat across traces) are remembered."""
+        return self._short(text) if len(text) <= SHORT_TEXT else self._find(text)
+
+    def _find(self, text: str) -> tuple[Found, ...]:
+        found = []
+        for r in self._recognizers:
+            if r.spec.gate.search(text):
+                found += r.find(text)
         for name, pattern in self._patterns:
             found += [Found(m.start(), m.end(), name, 2.0) for m in pattern.finditer(text)]
-        return _resolve([f for f in found if f.end > f.start]) if found else []
+        return tuple(_resolve([f for f in found if f.end > f.start])) if found else ()
 
     def token(self, kind: str, value: str) -> str:
         label = self._labels[kind]
