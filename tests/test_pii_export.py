@@ -119,7 +119,7 @@ def test_a_pass_exports_and_alerts_with_personal_data_masked(setup):
 
     # The alert fired, named the experiment without the user's e-mail.
     (alert,) = receiver.delivered()
-    assert alert["event"] == "firing" and "[EMAIL:" in alert["title"]
+    assert alert["event"] == "firing" and "/Users/[EMAIL:" in alert["title"]
     assert [raw for raw in RAW if raw in json.dumps(alert)] == []
 
     # The policy governs copies: the store keeps what was logged.

@@ -108,9 +108,17 @@ class Recognizer:
     def _spans(self, text: str) -> tuple[tuple[int, int, float], ...]:
         presidio = self._international if text[:1] == "+" and self._international else None
         results = (presidio or self._presidio).analyze(text, self._entities, None)
-        return tuple(
-            (r.start, r.end, float(r.score)) for r in results if r.score > 0 < r.end - r.start
-        )
+        spans = [(r.start, r.end, float(r.score)) for r in results if r.score > 0 < r.end - r.start]
+        if self.kind == "email":
+            spans = [(_after_path(text, start, end), end, score) for start, end, score in spans]
+        return tuple(spans)
+
+
+def _after_path(text: str, start: int, end: int) -> int:
+    """Where an e-mail address starts when the match begins with a path: Presidio's pattern
+    takes '/' as part of the local part, so '/Users/alice@example.com/app' matches from 'Users'."""
+    slash = text.rfind("/", start, text.find("@", start, end))
+    return start if slash < 0 else slash + 1
 
 
 def _offline_email(module: Any) -> Any:
