@@ -81,6 +81,40 @@ def test_create_bad_input_prints_clear_error(sqlite_experiment_id, args, message
     assert "has no monitor" in run("get", "-x", sqlite_experiment_id, ok=False).output
 
 
+BAD_CONFIGS = {
+    "unknown judge": ({"assessments": [{"name": "no_such_judge"}]}, "got 'no_such_judge'"),
+    "filter MLflow rejects": (
+        {"assessments": [{"name": "safety", "filter_string": "tags.env === 'prod' AND"}]},
+        "MLflow says: Invalid comparator '==='",
+    ),
+    "prompt without a variable": (
+        {"assessments": [{"kind": "custom", "name": "polite", "instructions": "Is it polite?"}]},
+        "its template variables (none) must be among {{ inputs }}",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["create", "update", "plan"])
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_every_refused_config_exits_2_naming_what_is_allowed(
+    sqlite_experiment_id, tmp_path, command, case
+):
+    """Issue 26: click's convention, exit 2 for refused input, on create, update and plan."""
+    if command != "create":
+        run("create", "-x", sqlite_experiment_id, "--judge", "safety")
+    config, message = BAD_CONFIGS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(config))
+    result = CliRunner().invoke(monitor, [command, "-x", sqlite_experiment_id, "-f", str(path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    if command == "create":
+        assert "has no monitor" in run("get", "-x", sqlite_experiment_id, ok=False).output
+    else:  # the stored config is untouched
+        judges = json.loads(run("get", "-x", sqlite_experiment_id, "--output", "json").output)
+        assert judges["assessments_config"]["assessments"] == [{"name": "safety"}]
+
+
 def test_every_command_has_help_text():
     def walk(command, path):
         yield path, command

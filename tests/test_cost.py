@@ -144,9 +144,8 @@ def test_a_budget_stops_a_day_at_its_calls_and_the_next_day_starts_at_the_full_r
     with judge_proxy(PROXY), caplog.at_level(logging.WARNING):
         _run(sqlite_experiment_id)
         scored = len(_verdicts(sqlite_experiment_id, m.monitor_id))
-        # 10 calls fit; the pages in flight before the first cost came back may add to them
-        in_flight = 2 * SETTINGS.page_size
-        assert 10 <= scored <= 10 + in_flight
+        # 10 calls fit: the judge is probed first, then each pair reserves its measured cost
+        assert scored == 10
         assert "binds" in caplog.text
 
         # a restarted daemon derives the day's spend from the store and its sweep adds nothing
@@ -266,3 +265,33 @@ def test_create_with_plan_asks_first_and_yes_skips_the_question(sqlite_experimen
     accepted = CliRunner().invoke(cli, [*args, "--yes"])
     assert accepted.exit_code == 0, accepted.output
     assert get_external_monitor(experiment_id=sqlite_experiment_id).monitor_id
+
+
+def test_a_budget_holds_from_the_first_call_of_a_new_monitor(sqlite_experiment_id, fake_judge):
+    """Issue 26: a fresh monitor, prices stated, no cost measured yet: the first pass (a whole
+    page of 50 traces at default flags) stops at the budget's 20 calls, not 50, and status
+    shows the binding at once."""
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin.cli import monitor as cli
+
+    fake_judge.behaviour.usage = lambda r: {"prompt_tokens": 10, "completion_tokens": 5}
+    per_call = 10 * 2.5e-6 + 5 * 10e-6  # $0.000075 at 2.5 / 10 dollars per million
+    end_of_yesterday = _day_start(0) - 3_600_000
+    for i in range(50):
+        log_trace_at(end_of_yesterday + i * 1000, f"t{i}")
+    runner = CliRunner()
+    created = runner.invoke(cli, [
+        "create", "-x", sqlite_experiment_id, "--judge", "safety",
+        "--price", f"{get_default_model()}=2.5,10", "--daily-budget-usd", f"{20 * per_call:.7f}",
+    ])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    ran = runner.invoke(cli, ["run", "-x", sqlite_experiment_id, "--once", "--no-export"])
+    assert ran.exit_code == 0, ran.output
+    monitor_id = MonitorTags().read_config(sqlite_experiment_id).monitor_id
+    assert len(_verdicts(sqlite_experiment_id, monitor_id)) == 20
+    assert "The daily budget $0.0015 binds" in ran.output
+    status = runner.invoke(cli, ["status", "-x", sqlite_experiment_id, "--output", "json"])
+    budget = json.loads(status.output)["budget"]
+    assert budget["spent_usd"] == pytest.approx(20 * per_call)
+    assert budget["binding_since_ms"] is not None and budget["enforced"] is True

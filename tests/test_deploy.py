@@ -1,5 +1,7 @@
 """The deployment examples: Kubernetes manifests valid against the API's schemas (offline, with
-the schemas `kubernetes-validate` ships), consistent with each other and with the CLI."""
+the schemas `kubernetes-validate` ships), consistent with each other and with the CLI. The
+Prometheus Operator's kinds (ServiceMonitor, PrometheusRule) are custom resources that
+`kubernetes-validate` has no schema for: their structure is checked here."""
 
 import re
 from pathlib import Path
@@ -12,6 +14,8 @@ from mlflow_monitor_plugin.cli.run import run_command
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "examples" / "deploy" / "kubernetes"
+RULES = REPO / "examples" / "deploy" / "prometheus" / "rules.yaml"
+OPERATOR = "monitoring.coreos.com/v1"  # the Prometheus Operator's API group
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes still commonly run that has everything used here
 
 
@@ -28,6 +32,8 @@ def test_manifest_is_valid_kubernetes(name):
     docs = documents(name)
     assert docs
     for doc in docs:
+        if doc["apiVersion"] == OPERATOR:
+            continue  # a custom resource: the tests below
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises ValidationError
     assert all(d["kind"] != "ConfigMap" for d in docs)  # configs live in the experiments
 
@@ -79,3 +85,43 @@ def test_dockerfile_copies_what_exists_and_runs_the_daemon():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'mlflow-monitor = "mlflow_monitor_plugin.cli:main"' in pyproject
     assert 'ENTRYPOINT ["mlflow-monitor"]' in text
+
+
+# -- the Prometheus Operator's resources (monitoring.yaml) ----------------------------------------
+DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+RULE_KEYS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+
+
+def test_servicemonitor_scrapes_the_statefulsets_metrics_port():
+    monitor = by_kind("monitoring.yaml")["ServiceMonitor"]
+    service = by_kind("statefulset.yaml")["Service"]
+    assert monitor["apiVersion"] == OPERATOR and monitor["metadata"]["name"]
+    spec = monitor["spec"]
+    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+        assert DURATION.fullmatch(endpoint["interval"])
+    # the operator names the job after the Service: the job the rules select
+    assert "jobLabel" not in spec
+    jobs = set(re.findall(r'job="([^"]*)"', RULES.read_text()))
+    assert jobs == {service["metadata"]["name"]}
+
+
+def test_prometheusrule_holds_exactly_the_groups_of_rules_yaml():
+    kinds = by_kind("monitoring.yaml")
+    rule = kinds["PrometheusRule"]
+    assert rule["apiVersion"] == OPERATOR and rule["metadata"]["name"]
+    # the label a Prometheus selects both by (its serviceMonitorSelector and ruleSelector)
+    assert rule["metadata"]["labels"] == kinds["ServiceMonitor"]["metadata"]["labels"]
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"} and group["name"]
+        for r in group["rules"]:
+            assert set(r) <= RULE_KEYS and ("alert" in r) != ("record" in r), r
+            assert isinstance(r["expr"], str) and DURATION.fullmatch(r.get("for", "0s"))
+            for mapping in (r.get("labels", {}), r.get("annotations", {})):
+                assert all(isinstance(v, str) for v in mapping.values()), r

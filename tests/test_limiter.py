@@ -217,3 +217,4 @@ def test_proxy_keeps_a_capped_judge_near_its_cap_and_every_call_succeeds(fake_ju
     assert 0 < rejected < 0.2 * 128, rejected  # it found the cap, and then kept under it
     snap = proxy.gate.snapshot()
     assert snap["cuts"] >= 1 and snap["limit"] <= 8 and snap["in_flight"] == 0
+    assert snap["throttled"] == rejected  # every 429, for /metrics

@@ -16,7 +16,7 @@ from mlflow_monitor_plugin import create_external_monitor
 from mlflow_monitor_plugin.cli import monitor as monitor_cli
 from mlflow_monitor_plugin.engine.daemon import Daemon
 from mlflow_monitor_plugin.engine.pipeline import EngineSettings
-from mlflow_monitor_plugin.observe.live import METRICS
+from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
 from mlflow_monitor_plugin.observe.server import Health, MetricsServer
 from mlflow_monitor_plugin.scoring.runner import ScoringSettings
 from tests.traces_factory import log_traces
@@ -68,16 +68,25 @@ def test_metrics_endpoint_counts_what_a_pass_did(sqlite_experiment_id):
         status, body = get(url + "/healthz")
     assert report.ok
     exp = sqlite_experiment_id
-    assert delta(before, after, "mlflow_monitor_verdicts_total", judge="pii_detection",
-                 value="yes") == 6  # fmt: skip
+    assert delta(before, after, "mlflow_monitor_verdicts_total", experiment=exp,
+                 judge="pii_detection", value="yes") == 6  # fmt: skip
     # "Reply to q0".."q5" are 11 characters: all within max_length
-    assert delta(before, after, "mlflow_monitor_verdicts_total", judge="response_length",
-                 value="yes") == 6  # fmt: skip
-    assert (
-        delta(before, after, "mlflow_monitor_judge_call_seconds_count", judge="pii_detection") == 6
+    assert delta(before, after, "mlflow_monitor_verdicts_total", experiment=exp,
+                 judge="response_length", value="yes") == 6  # fmt: skip
+    assert delta(before, after, "mlflow_monitor_judge_call_seconds_count", experiment=exp,
+                 judge="pii_detection") == 6  # fmt: skip
+    # no error yet, but the series exists (an error ratio reads 0, not nothing)
+    errors = (
+        "mlflow_monitor_judge_errors_total",
+        (("experiment", exp), ("judge", "pii_detection")),
     )
+    assert after[errors] == 0
     assert delta(before, after, "mlflow_monitor_pass_seconds_count", experiment=exp) == 1
     assert delta(before, after, "mlflow_monitor_traces_exported_total", experiment=exp) == 6
+    assert after[("mlflow_monitor_export_failures_total", (("experiment", exp),))] == 0
+    assert ("mlflow_monitor_budget_factor", (("experiment", exp),)) not in after  # no budget
+    assert after[("mlflow_monitor_interval_seconds", ())] == 1
+    assert after[("mlflow_monitor_healthy", ())] == 1
     lag = [k for k in after if k[0] == "mlflow_monitor_lag_seconds" and ("experiment", exp) in k[1]]
     assert lag and after[lag[0]] >= 0
     assert after[("mlflow_monitor_last_pass_timestamp_seconds", ())] > 0
@@ -88,16 +97,39 @@ def test_metrics_endpoint_counts_what_a_pass_did(sqlite_experiment_id):
 
 def test_health_is_503_when_no_pass_finished_within_three_intervals():
     now = [100.0]
-    health = Health(2.0, probe=lambda: None, clock=lambda: now[0])
-    assert health.check()[0] == 200
+    live = LiveMetrics()
+    health = Health(2.0, probe=lambda: None, live=live, clock=lambda: now[0])
+    healthy = lambda: live.registry.get_sample_value("mlflow_monitor_healthy")  # noqa: E731
+    assert health.check()[0] == 200 and healthy() == 1
+    assert live.registry.get_sample_value("mlflow_monitor_interval_seconds") == 2.0
     now[0] += 6.5
     status, body = health.check()
     assert (
         status == 503 and "no pass finished" in body["reason"] and "3 intervals" in body["reason"]
     )
-    health.record(SimpleNamespace(errors={}))
+    assert healthy() == 0  # /metrics says what /healthz says
+    health.record(SimpleNamespace(errors={}, stats=[]))
     assert health.check() == (200, {"interval_seconds": 2.0, "last_pass_seconds_ago": 0.0,
                                     "status": "ok"})  # fmt: skip
+    assert healthy() == 1
+
+
+def test_a_failed_export_is_counted_for_its_experiment(sqlite_experiment_id, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the export directory should be")
+    log_traces(2, retriever=False)
+    create_external_monitor(
+        catalog_name="w", schema_name="d", export_uri=str(blocker / "export"),
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )  # fmt: skip
+    live = LiveMetrics()
+    daemon = Daemon([sqlite_experiment_id], 1, SETTINGS)
+    daemon.observers.append(Health(1, live=live))
+    failures = {"experiment": sqlite_experiment_id}
+    assert not daemon.run_pass().ok
+    assert live.registry.get_sample_value("mlflow_monitor_export_failures_total", failures) == 1
+    daemon.run_pass()  # the export waits for its retry (backoff): nothing more failed
+    assert live.registry.get_sample_value("mlflow_monitor_export_failures_total", failures) == 1
 
 
 class Forwarder:

@@ -138,6 +138,7 @@ def test_resharding_after_a_replica_died_mid_page_scores_and_exports_each_trace_
     assert "waiting for the replicas of the previous layout (2 shards)" in waiting.skipped
     fenced = a.run_pass()  # the live old replica stands by from now on, and lets its lease go
     assert "now runs as 3 shard(s)" in fenced.skipped
+    assert "restart it with --shard 0/3 (each replica its own K from 0 to 2" in fenced.skipped
     assert new[0].run_pass().skipped  # the dead one's lease has not expired yet
     later = int(mlflow.MlflowClient().get_experiment(exp).last_update_time) + 120_000
     for _ in range(6):  # until idle
@@ -155,6 +156,22 @@ def test_resharding_after_a_replica_died_mid_page_scores_and_exports_each_trace_
     assert fake_judge.count("ok") == sum(1 for t in ids if is_sampled(t, m.monitor_id, 0.5))
     exported = export_ids(m.export_uri)
     assert sorted(exported) == sorted(ids)  # every trace once, in one dataset
+
+
+def test_a_fenced_replica_is_told_its_own_new_shard_or_that_it_is_one_too_many(
+    sqlite_experiment_id,
+):
+    log_traces(3, retriever=False)
+    create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )  # fmt: skip
+    old = [replica(sqlite_experiment_id, k, 3) for k in range(3)]
+    for engine in old:
+        engine.run_pass()
+    replica(sqlite_experiment_id, 0, 2).run_pass()  # the monitor now runs as 2 shards
+    assert "restart it with --shard 1/2 (" in old[1].run_pass().skipped
+    assert "the new layout has no shard 2: stop this replica" in old[2].run_pass().skipped
 
 
 def test_two_replicas_of_one_shard_are_active_and_standby(sqlite_experiment_id):

@@ -22,7 +22,7 @@ from mlflow_monitor_plugin.discovery.sessions import SessionSource, session_ids
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
 from mlflow_monitor_plugin.exceptions import MonitorError
-from mlflow_monitor_plugin.observe import coverage
+from mlflow_monitor_plugin.observe import coverage, skipped
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun
 from mlflow_monitor_plugin.observe.report import last_windows
 from mlflow_monitor_plugin.observe.spend import (
@@ -52,7 +52,12 @@ def test_judges(
     judges = build_judges(monitor.assessments_config)
     rows = {j.name: Counter(traces=len(traces)) for j in judges}
     examples = {j.name: f"unavailable: {j.unavailable}" for j in judges if j.unavailable}
-    judges = [j for j in judges if not j.unavailable]
+    if not llm_endpoint_configured():  # as the daemon does: said, not tried
+        for judge in judges:
+            if judge.is_llm and not judge.unavailable:
+                examples[judge.name] = "skipped: no judge endpoint (set OPENAI_API_KEY)"
+                rows[judge.name]["skipped"] = rows[judge.name]["traces"]
+    judges = [j for j in judges if j.name not in examples]
     infos = [t.info for t in traces]
     filters = {j.filter_string for j in judges if j.filter_string}
     matching = {f: source.matching(infos, f) for f in filters}
@@ -89,7 +94,8 @@ def test_judges(
             rows[name]["errors"] += 1
             examples.setdefault(name, (verdict.error or "")[:60])
     return [
-        {"judge": name, **{k: c[k] for k in ("traces", "results", "not_applicable", "errors")},
+        {"judge": name,
+         **{k: c[k] for k in ("traces", "results", "skipped", "not_applicable", "errors")},
          "example": examples.get(name, "")}
         for name, c in rows.items()
     ]  # fmt: skip
@@ -129,16 +135,17 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
         frozenset(j.name for j in all_judges if j.is_llm),
     )
+    skips = skipped.read(engine.tags, monitor.experiment_id, monitor.monitor_id)
     ledger = coverage.collect(
         source.infos_after(None, 500), judges, monitor.monitor_id, cursor.score, source.matching,
-        rate_of,
+        rate_of, skips,
     )  # fmt: skip
     for by_judge in ledger.values():
         for name, window in by_judge.items():
             counts[name].update(window.counts)
     session_judges = [j for j in all_judges if j.session and not j.unavailable]
     if session_judges:
-        _count_sessions(monitor, session_judges, counts)
+        _count_sessions(monitor, session_judges, counts, skips)
     newest = source.newest_timestamp_ms()
     lag = lag_ms(cursor.score, newest)
     windows = last_windows(monitor, int(time.time() * 1000), source)
@@ -153,11 +160,15 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "shards": _shards(engine, monitor.monitor_id),
         "judges": [
             {"judge": j.name, **_source_fields(j), **{k: counts[j.name][k] for k in
-             ("sampled", "scored", "not_applicable", "failed", "pending")},
+             ("sampled", "scored", "skipped", "not_applicable", "failed", "pending")},
              "eligible": counts[j.name]["seen"],
+             **({"skipped_reason": skips.judges[j.name].reason} if j.name in skips.judges else {}),
              **({"unavailable": unavailable[j.name]} if j.name in unavailable else {})}
             for j in all_judges
         ],
+        "skipped": skipped.advice(
+            monitor.experiment_id, skips, [j.name for j in all_judges if counts[j.name]["skipped"]]
+        ),
         "windows": windows,
         "budget": _budget_fields(monitor, budget),
     }  # fmt: skip
@@ -179,8 +190,9 @@ def coverage_ledger(
         schedule_of(engine.tags, monitor.experiment_id, monitor.monitor_id),
         frozenset(j.name for j in judges if j.is_llm),
     )
+    skips = skipped.read(engine.tags, monitor.experiment_id, monitor.monitor_id)
     windows = coverage.collect(
-        pages, judges, monitor.monitor_id, cursor.score, source.matching, rate_of
+        pages, judges, monitor.monitor_id, cursor.score, source.matching, rate_of, skips
     )
     beats = MetricsRun(MlflowClient(), monitor.experiment_id, monitor.monitor_id).heartbeats(
         since_ms - 3_600_000
@@ -196,6 +208,9 @@ def coverage_ledger(
         "checkpoint": cursor.score.to_dict() if cursor.score else None,
         "heartbeat": beats is not None,
         "windows": rows,
+        "skipped": skipped.advice(
+            monitor.experiment_id, skips, sorted({r["judge"] for r in rows if r["skipped"]})
+        ),
     }
 
 
@@ -238,9 +253,12 @@ def _source_fields(judge: JudgeSpec) -> dict[str, str]:
     return {"source_type": source.source_type, "source_id": source.source_id or ""}
 
 
-def _count_sessions(monitor: Any, judges: list[Any], counts: dict[str, Counter]) -> None:
+def _count_sessions(
+    monitor: Any, judges: list[Any], counts: dict[str, Counter], skips: skipped.Skips
+) -> None:
     """Per session judge, the experiment's sessions: eligible, sampled, judged in their
-    current version (scored), failed, or pending (not quiet yet, or not reached yet)."""
+    current version (scored), failed, skipped by the daemon, or pending (not quiet yet, or not
+    reached yet)."""
     source = SessionSource(monitor.experiment_id)
     seen: set[str] = set()
     for page in source.trace_pages(None, int(time.time() * 1000) + 1, page_size=500):
@@ -261,6 +279,8 @@ def _count_sessions(monitor: Any, judges: list[Any], counts: dict[str, Counter])
                     c["scored"] += 1
                 elif state and state.errors:
                     c["failed"] += 1
+                elif skips.reason(judge.name, session.first.timestamp_ms):
+                    c["skipped"] += 1
                 else:
                     c["pending"] += 1
 

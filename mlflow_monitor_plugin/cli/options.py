@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mlflow_monitor_plugin.exceptions import MonitorError
+from mlflow_monitor_plugin.exceptions import MonitorConfigError, MonitorError
 
 
 def experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,8 +36,17 @@ def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+class ConfigRefused(click.ClickException):
+    """A config, option or argument refused: ``Error: <message>`` and exit code 2, click's
+    convention for usage errors, without the usage text (the message names the field, the
+    value and what is allowed). Exit codes: 0 done, 1 a failure (the store, the judge, the
+    export), 2 refused input. See docs/configuration.md#exit-codes."""
+
+    exit_code = 2
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one-line CLI errors (exit code 1)."""
+    """Turn library errors into one-line CLI errors: a refused config exits 2, anything else 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,6 +54,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return func(*args, **kwargs)
+        except MonitorConfigError as e:
+            raise ConfigRefused(str(e)) from e
         except (MonitorError, MlflowException) as e:
             message = e.message if isinstance(e, MlflowException) else str(e)
             raise click.ClickException(message) from e

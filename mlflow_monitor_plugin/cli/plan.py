@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.config import api
@@ -194,6 +195,7 @@ def plan_command(
     else:
         data = _read_file(config_file)
         suite = AssessmentsSuiteConfig.from_dict(data.get("assessments_config", data))
+        api.check_filters(suite, exp, MlflowClient())  # as create and update refuse them
         cost = cost_for_cli(data, current.cost if current else None, None, None, (), None)
         monitor = proposed(current, exp, suite, cost)
     print_plan(compute(monitor, current is not None, over, measure_n), output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import click
 
-from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors
+from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 
 
@@ -88,6 +89,7 @@ def serving_metrics(daemon: Any, host: str, port: int | None, interval_s: float)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a chart: a .png image or a self-contained .html page.",
 )
+@output_option
 @handle_errors
 def report_command(
     experiment_id: str | None,
@@ -97,12 +99,15 @@ def report_command(
     window: str,
     last: int,
     out: Path | None,
+    output: str,
 ) -> None:
     """Quality over time: pass rate per judge and window, with its 95% interval and trend.
 
     Recomputed from the verdicts in the tracking store. The interval is that of the rate among
     all traces (the sample stands for them); est_failing is the failing verdicts divided by
-    the judge's sample rate.
+    the judge's sample rate; skipped counts sampled traces the daemon did not run the judge on
+    (no judge endpoint, say), which a backfill can score. --output json gives every window's
+    numbers.
 
     \b
     Examples:
@@ -130,7 +135,13 @@ def report_command(
         )
     now_ms = int(time.time() * 1000)
     rows = report.windows(monitor, now_ms - since_ms, now_ms, window, list(judge_names) or None)
-    _print_table(report.table_rows(rows, last), report.TABLE_COLUMNS)
+    advice = report.skipped_advice(monitor, rows)
+    if output == "json":
+        click.echo(json.dumps({"windows": rows, "skipped": advice}, indent=2, default=str))
+    else:
+        _print_table(report.table_rows(rows, last), report.TABLE_COLUMNS)
+        for line in advice:
+            click.echo(line)
     if out is not None:
         from mlflow_monitor_plugin.observe import charts
 

@@ -231,7 +231,8 @@ def test_command(
     from mlflow_monitor_plugin.cli import operations
 
     rows = operations.test_judges(experiment_id, experiment_name, max_traces)
-    _print_rows(rows, output, ["judge", "traces", "results", "not_applicable", "errors", "example"])
+    columns = ["judge", "traces", "results", "skipped", "not_applicable", "errors", "example"]
+    _print_rows(rows, output, columns)
 
 
 @click.command("status")
@@ -280,13 +281,21 @@ def status_command(
     if output == "json":
         click.echo(json.dumps(status, indent=2))
         return
-    keys = ("experiment_id", "checkpoint", "export_checkpoint", "lag_seconds", "export_uri", "pii")
-    for key in keys:
-        click.echo(f"{key + ':':<19}{status[key]}")
+    lag = status["lag_seconds"]
+    lines = {
+        "experiment_id": status["experiment_id"],
+        "checkpoint": _cursor_text(status["checkpoint"]),
+        "export_checkpoint": _cursor_text(status["export_checkpoint"]),
+        "lag": "-" if lag is None else f"{_seconds(lag)} behind the newest trace",
+        "export_uri": status["export_uri"],
+        "pii": status["pii"],
+    }
+    for key, text in lines.items():
+        click.echo(f"{key + ':':<19}{text}")
     if status.get("concurrency"):
         click.echo(f"{'concurrency:':<19}{_concurrency(status['concurrency'])}")
     for shard in status.get("shards") or []:
-        click.echo(f"{'shard ' + shard['shard'] + ':':<19}{shard['checkpoint']}")
+        click.echo(f"{'shard ' + shard['shard'] + ':':<19}{_cursor_text(shard['checkpoint'])}")
     _print_rows(
         status["judges"],
         "table",
@@ -296,6 +305,7 @@ def status_command(
             "eligible",
             "sampled",
             "scored",
+            "skipped",
             "not_applicable",
             "failed",
             "pending",
@@ -304,12 +314,15 @@ def status_command(
     for row in status["judges"]:
         if row.get("unavailable"):
             click.echo(f"unavailable: {row['judge']}: {row['unavailable']}")
+    for line in status.get("skipped") or []:
+        click.echo(line)
     if status.get("windows"):
+        windows = [_window_cells(row) for row in status["windows"]]
         click.echo("last window:")
-        _print_rows(status["windows"], "table", ["judge", "window", "verdicts", "pass_rate",
+        _print_rows(windows, "table", ["judge", "window", "verdicts", "pass_rate",
                     "interval95", "errors", "effective_rate"])  # fmt: skip
         click.echo("judge cost today (UTC, by trace time):")
-        _print_rows(status["windows"], "table", ["judge", "tokens_today", "cost_today_usd",
+        _print_rows(windows, "table", ["judge", "tokens_today", "cost_today_usd",
                     "cost_unknown_today"])  # fmt: skip
     budget = status.get("budget")
     if budget:
@@ -322,8 +335,8 @@ def status_command(
 
 
 COVERAGE_COLUMNS = [
-    "window", "judge", "rate", "effective", "seen", "sampled", "scored", "failed", "not_appl",
-    "pending", "delay_p50", "delay_max", "daemon", "state",
+    "window", "judge", "rate", "effective", "seen", "sampled", "scored", "failed", "skipped",
+    "not_appl", "pending", "delay_p50", "delay_max", "daemon", "state",
 ]  # fmt: skip
 
 
@@ -357,8 +370,41 @@ def _print_coverage(
         for row in ledger["windows"]
     ]
     _print_rows(rows, "table", COVERAGE_COLUMNS)
+    for line in ledger["skipped"]:
+        click.echo(line)
     if not ledger["heartbeat"]:
         click.echo("daemon: unknown (no metrics run yet: the daemon charts its heartbeat there)")
+
+
+def _window_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``status`` window row as ``report`` prints its numbers: rates in percent, UTC times,
+    dollars; ``-`` where there is no value."""
+    import datetime as dt
+
+    rate, cost = row["pass_rate"], row["cost_today_usd"]
+    window = dt.datetime.fromisoformat(row["window"]).strftime("%Y-%m-%d %H:%M UTC")
+    return {
+        **row,
+        "window": window,
+        "pass_rate": "-" if rate is None else f"{100 * rate:.1f}%",
+        "effective_rate": f"{row['effective_rate']:g}",
+        "cost_today_usd": "-" if cost is None else f"${cost:.6f}",
+    }
+
+
+def _cursor_text(cursor: dict[str, Any] | None) -> str:
+    """A cursor as a reader wants it: the UTC time of the last trace it passed, its age and
+    the trace's id (the raw values are in ``--output json``)."""
+    import datetime as dt
+    import time
+
+    if not cursor:
+        return "none yet (no trace passed)"
+    stamp = cursor["timestamp_ms"] / 1000
+    when = dt.datetime.fromtimestamp(stamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    age = _seconds(max(0.0, time.time() - stamp))
+    trace = f", trace {cursor['trace_id']}" if cursor.get("trace_id") else ""
+    return f"{when} ({age} ago){trace}"
 
 
 def _seconds(value: float | None) -> str:
@@ -412,8 +458,13 @@ def _print_rows(rows: list[dict[str, Any]], output: str, columns: list[str]) -> 
 
     table = Table(*columns)
     for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
+        table.add_row(*(_cell(row.get(c, "")) for c in columns))
     Console(file=sys.stdout, width=160).print(table)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: ``-`` for a missing value, as ``report`` prints it."""
+    return "-" if value is None else str(value)
 
 
 COMMANDS = [run_command, test_command, status_command, demo_command]

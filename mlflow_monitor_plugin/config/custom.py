@@ -88,12 +88,13 @@ class CustomJudge:
         variables = template_variables(instructions)
         allowed = {*TRACE_VARIABLES, SESSION_VARIABLE}
         if not variables & allowed or variables - allowed:
+            found = ", ".join(f"{{{{ {v} }}}}" for v in sorted(variables)) or "none"
             raise MonitorConfigError(
                 f"{where}.instructions",
-                sorted(variables),
-                "expected template variables among {{ inputs }}, {{ outputs }}, {{ trace }} or "
-                "{{ conversation }} ({{ expectations }} needs ground truth that production "
-                "traces do not carry)",
+                instructions if len(instructions) <= 80 else instructions[:77] + "...",
+                f"its template variables ({found}) must be among {{{{ inputs }}}}, "
+                "{{ outputs }}, {{ trace }} or {{ conversation }} ({{ expectations }} needs "
+                "ground truth that production traces do not carry)",
             )
         if SESSION_VARIABLE in variables and variables - {SESSION_VARIABLE}:
             raise MonitorConfigError(

@@ -26,6 +26,8 @@ from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.redaction.policy import RedactionPolicy, policy_from
 
 SCHEMA_VERSION = 1
+# What `get` says when the config names no judge model (scoring/judges.py resolves it).
+DEFAULT_MODEL_TEXT = "default ($MLFLOW_GENAI_JUDGE_DEFAULT_MODEL of the daemon, else MLflow's)"
 
 _GUIDELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 
@@ -322,12 +324,13 @@ class ExternalMonitor:
             ) from None
 
     def __str__(self) -> str:
+        """What ``mlflow monitor get`` prints."""
         suite = self.assessments_config
         lines = [
-            f"ExternalMonitor(experiment_id={self.experiment_id!r})",
+            f"Monitor of experiment {self.experiment_id} (monitor id {self.monitor_id})",
             f"  export_uri:   {self.export_uri}",
             f"  sample:       {suite.default_rate:g}" + ("  (paused)" if suite.paused else ""),
-            f"  judge model:  {suite.model or 'default'}",
+            f"  judge model:  {suite.model or DEFAULT_MODEL_TEXT}",
             f"  created:      {_iso(self.created_at_ms)}   updated: {_iso(self.updated_at_ms)}"
             f"   version: {self.config_version}",
             "  assessments:",
@@ -339,7 +342,8 @@ class ExternalMonitor:
                     lines.append(f"    - {name} (guidelines, {len(texts)} rule(s)) @ {rate:g}")
                 continue
             kind = {CustomJudge: " (custom)", CodeJudge: " (code)"}.get(type(judge), "")
-            extra = f" {judge.args}" if getattr(judge, "args", None) else ""
+            args = getattr(judge, "args", None) or {}
+            extra = f" ({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else ""
             where = f" where {judge.filter_string}" if judge.filter_string else ""
             lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
         lines += ["  alerts:"] if self.alerts else []

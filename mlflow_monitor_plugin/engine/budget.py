@@ -3,9 +3,14 @@
 ``Budget`` sits beside a monitor's engine. For every (trace, judge) the pass considers it gives
 the effective rate, ``rate * factor(trace time)`` (observe/spend.py); for every pair made due
 it reserves the judge's expected cost, and each verdict replaces its reservation with what the
-verdict's metadata says it cost. So the day stops at the budget give or take the calls whose
-cost it could not know in advance (the first ones of a day with no history), and calls already
-in flight when the budget binds.
+verdict's metadata says it cost. A judge whose cost per call is not known yet (a new monitor:
+no verdict of it on any day the budget read, and no stated ``call_cost_usd``) is *probed*
+first: the pass scores the smallest prefix of its page that holds ``PROBES`` sampled pairs of
+that judge and waits for their verdicts (``probe_prefix``), so the measured tokens, at the
+model's price, give the estimate before anything more is promised. So the day stops at the
+budget give or take the probe calls (at most ``PROBES`` per judge, once per monitor), the
+calls already in flight when the budget binds, and the difference between a call's cost and
+its judge's mean.
 
 State. The spend of a day is derived from the store, not kept: the first time a pass meets a
 day's traces, the budget reads that day's traces and sums the cost in this monitor's verdict
@@ -29,6 +34,7 @@ from mlflow.entities import TraceInfo
 from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.prices import PriceBook
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
+from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.observe.spend import (
     BUDGET_TAG,
@@ -48,6 +54,7 @@ from mlflow_monitor_plugin.scoring.runner import Verdict
 _logger = logging.getLogger(__name__)
 
 KEEP_DAYS = 35  # steps older than this are dropped (windows that old are no longer recomputed)
+PROBES = 2  # calls of a judge whose cost is unknown scored before anything more is promised
 
 
 def priced(judges: list[JudgeSpec], monitor: ExternalMonitor, book: PriceBook) -> list[JudgeSpec]:
@@ -158,6 +165,31 @@ class Budget:
         if stamp > self.decided_ms:
             self._decide(stamp, judge)
         return judge.rate * self.schedule.factor(stamp)
+
+    def probe_prefix(self, page: list[TraceInfo], judges: list[JudgeSpec], monitor_id: str) -> int:
+        """How many traces of ``page`` to score before going on: all of them, unless a judge's
+        cost per call is unknown; then the shortest prefix in which each such judge is sampled
+        ``PROBES`` times (filters aside: a shorter prefix only probes again). The caller waits
+        for that prefix's verdicts, whose costs are the estimate from then on."""
+        if not self.enforced:
+            return len(page)
+        unknown = [j for j in judges if j.is_llm and self._estimate(j.name) is None]
+        if not unknown:
+            return len(page)
+        left = dict.fromkeys((j.name for j in unknown), PROBES)
+        for index, info in enumerate(page, start=1):
+            factor = self.schedule.factor(info.timestamp_ms)
+            for judge in unknown:
+                if left[judge.name] and is_sampled(info.trace_id, monitor_id, judge.rate * factor):
+                    left[judge.name] -= 1
+            if not any(left.values()):
+                return index
+        return len(page)
+
+    def probing(self, judges: list[JudgeSpec]) -> bool:
+        """Whether some judge's cost per call is still unknown (the caller waits for each
+        page's verdicts before the next)."""
+        return self.enforced and any(j.is_llm and self._estimate(j.name) is None for j in judges)
 
     def reserve(self, judge: JudgeSpec, info: TraceInfo) -> None:
         """A pair of ``judge`` on this trace is due: promise its expected cost."""

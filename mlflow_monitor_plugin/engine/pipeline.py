@@ -44,6 +44,7 @@ from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.engine.shards import CHECKPOINT_KEY, ShardWork
 from mlflow_monitor_plugin.exceptions import ExportError, MonitorConfigError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.observe.skipped import NO_ENDPOINT, SKIPPED_KEY, Skips
 from mlflow_monitor_plugin.observe.tracker import STALE_KEY, QualitySettings, QualityTracker
 from mlflow_monitor_plugin.redaction import masker_for
 from mlflow_monitor_plugin.scoring import limiter
@@ -102,6 +103,8 @@ class MonitorEngine:
         self._export_retry_at_ms = 0
         self._export_failures = 0
         self._reported: set[tuple[str, str]] = set()  # unavailable judges already logged
+        self._skipping: dict[str, str] = {}  # judges this pass does not run, and why
+        self._skips: Skips | None = None  # their trace-time ranges (observe/skipped.py)
         self._sessions: SessionPass | None = None
         self._concurrency_at = float("-inf")
         self._concurrency_last: dict[str, Any] | None = None
@@ -198,15 +201,20 @@ class MonitorEngine:
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
         export = self._export_for(monitor, now_ms, stats)
         cursor = self.read_cursor(monitor)
+        walked_from = cursor.score.timestamp_ms if cursor.score else None
         trace_judges = [j for j in judges if not j.session]
         ctx = PassContext(monitor, trace_judges, writer, cursor, export, stats)
         pages = self.source.infos_after(cursor.start(export is not None), self.settings.page_size)
         in_flight: deque[PageInFlight] = deque()
         try:
             for done, page in enumerate(pages, start=1):
-                in_flight.append(self._begin(ctx, page))
-                while len(in_flight) > PAGES_AHEAD:
-                    self._finish(ctx, in_flight.popleft())
+                if walked_from is None:  # a new monitor: from its first trace
+                    walked_from = page[0].timestamp_ms
+                for part in self._parts(ctx, page):
+                    in_flight.append(self._begin(ctx, part))
+                    ahead = 0 if self.budget.probing(trace_judges) else PAGES_AHEAD
+                    while len(in_flight) > ahead:
+                        self._finish(ctx, in_flight.popleft())
                 if ctx.lost or (max_pages is not None and done >= max_pages):
                     break
             while in_flight:
@@ -227,6 +235,8 @@ class MonitorEngine:
                 self._sessions.runner.settle()
         if ctx.lost:
             self.shards.stand_down()
+        if walked_from is not None:
+            self._record_skips(monitor, walked_from, ctx.cursor.score)
         self._publish_concurrency(final=True)
         if export is not None and cursor.export is not None and self._resync_due(now_ms):
             self._resync(export, cursor.export, now_ms, stats)
@@ -257,19 +267,41 @@ class MonitorEngine:
             _logger.exception("Quality windows of experiment %s not updated", self.experiment_id)
 
     def judges_for(self, monitor: ExternalMonitor) -> list[JudgeSpec]:
+        """The judges this pass runs; those it skips, and why, go to ``_skipping``."""
+        self._skipping = {}
         if monitor.assessments_config.paused:
             return []
         judges = []
+        endpoint = llm_endpoint_configured()
         for judge in build_judges(monitor.assessments_config):
             if judge.unavailable:
+                self._skipping[judge.name] = f"unavailable: {judge.unavailable}"
                 if (judge.name, judge.unavailable) not in self._reported:
                     self._reported.add((judge.name, judge.unavailable))
                     _logger.warning("Judge %s is unavailable: %s", judge.name, judge.unavailable)
+            elif judge.is_llm and not endpoint:
+                self._skipping[judge.name] = NO_ENDPOINT
             else:
                 judges.append(judge)
-        if not llm_endpoint_configured():
-            judges = [j for j in judges if not j.is_llm]
         return judges
+
+    def _record_skips(
+        self, monitor: ExternalMonitor, walked_from: int, walked_to: Checkpoint | None
+    ) -> None:
+        """Extend the skipped judges' ranges by the traces this pass walked (status and
+        report tell them from judges that did not apply); never fails the pass."""
+        if not self._skipping or walked_to is None:
+            return
+        key = self.shards.key(SKIPPED_KEY)
+        try:
+            if self._skips is None or self._skips.monitor_id != monitor.monitor_id:
+                stored = self.tags.read_json(self.experiment_id, key)
+                self._skips = Skips.from_dict(stored, monitor.monitor_id)
+            if self._skips.record(self._skipping, walked_from, walked_to.timestamp_ms):
+                self.tags.write_json(self.experiment_id, key, self._skips.to_dict())
+        except Exception as e:  # status only: never fail a pass over it
+            self._skips = None
+            _logger.debug("Could not record the skipped judges: %s", e)
 
     def _export_for(
         self, monitor: ExternalMonitor, now_ms: int, stats: PassStats
@@ -288,6 +320,15 @@ class MonitorEngine:
             _logger.error("Export of experiment %s is on hold: %s", self.experiment_id, e)
             return None
         return ParquetExporter(monitor.export_uri, masker=masker)
+
+    def _parts(self, ctx: PassContext, page: list[TraceInfo]) -> Iterator[list[TraceInfo]]:
+        """The page whole, or, while a daily budget does not know a judge's cost per call yet,
+        a first part that probes it (engine/budget.py), then the rest. While it probes, the
+        pass finishes each part before it begins the next (``run_pass``)."""
+        while page:
+            cut = self.budget.probe_prefix(page, ctx.judges, ctx.monitor.monitor_id)
+            yield page[:cut]
+            page = page[cut:]
 
     def _begin(self, ctx: PassContext, page: list[TraceInfo]) -> PageInFlight:
         """Sample the page and start its judges."""

@@ -142,13 +142,29 @@ class ShardWork:
             self.lease.release()
         reason = (
             f"the monitor now runs as {layout.count} shard(s) (layout {layout.epoch}) and this "
-            f"daemon as shard {self.shard} of layout {self._joined}; restart it with "
-            f"--shard K/{layout.count}"
+            f"daemon as shard {self.shard} of layout {self._joined}; {self._restart_as(layout)}"
         )
         if not self._fenced_logged:
             self._fenced_logged = True
             _logger.warning("Experiment %s: %s; standing by", self.experiment_id, reason)
         return reason
+
+    def _restart_as(self, layout: Layout) -> str:
+        """How to restart this replica into ``layout``: its own index where the new layout
+        has it, else that it is one too many."""
+        count, index = layout.count, self.shard.index
+        every = f"each replica its own K from 0 to {count - 1}" if count > 1 else "one replica"
+        if count == 1:
+            return "restart it without --shard (one replica runs the monitor), or stop it"
+        if index < count:
+            return (
+                f"restart it with --shard {index}/{count} ({every}; a StatefulSet: "
+                f"--shard-from-hostname --shards {count})"
+            )
+        return (
+            f"the new layout has no shard {index}: stop this replica, or restart it as a shard "
+            f"no other replica runs, --shard K/{count} ({every})"
+        )
 
     def _read_layout(self, all_tags: dict[str, str]) -> Layout:
         raw = all_tags.get(NAMESPACE + LAYOUT_KEY)

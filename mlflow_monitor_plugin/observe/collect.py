@@ -13,6 +13,7 @@ from mlflow.entities import TraceInfo
 
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.observe.skipped import Skips
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
     HOUR_MS,
@@ -72,9 +73,11 @@ def outcomes(
     judges: Judges,
     max_failed_passes: int,
     rate_of: RateOf | None = None,
+    skips: Skips | None = None,
 ) -> dict[str, Outcome]:
     """What this trace contributes to each judge's window, from the monitor's assessments;
-    ``rate_of`` gives a judge's effective rate on the trace when a budget lowered it."""
+    ``rate_of`` gives a judge's effective rate on the trace when a budget lowered it, ``skips``
+    where the daemon did not run a judge (a reader's view: the daemon's windows go without)."""
     states = judge_states(info, monitor_id)
     result = {}
     for name, configured in judges:
@@ -98,6 +101,8 @@ def outcomes(
             result[name] = Outcome(
                 True, "error", None, None, retryable, _created(state.errors), rate, tokens, cost
             )
+        elif skips is not None and skips.reason(name, info.timestamp_ms):
+            result[name] = Outcome(True, "skipped", rate=rate)
         else:
             result[name] = _plain(True, rate)
     return result
@@ -144,6 +149,7 @@ class WindowReader:
         max_failed_passes: int,
         page_size: int = 500,
         rate_of: RateOf | None = None,
+        skips: Skips | None = None,
     ):
         self.source = source  # a discovery TraceSource (finished, non-evaluation traces)
         self.monitor_id = monitor_id
@@ -151,13 +157,16 @@ class WindowReader:
         self.max_failed_passes = max_failed_passes
         self.page_size = page_size
         self.rate_of = rate_of
+        self.skips = skips
 
     def _infos(self, from_ms: int, until_ms: int) -> Iterable[TraceInfo]:
         for page in self.source.infos_after(Checkpoint(from_ms, ""), self.page_size, until_ms):
             yield from page
 
     def _outcomes(self, info: TraceInfo) -> dict[str, Outcome]:
-        return outcomes(info, self.monitor_id, self.judges, self.max_failed_passes, self.rate_of)
+        return outcomes(
+            info, self.monitor_id, self.judges, self.max_failed_passes, self.rate_of, self.skips
+        )
 
     def load_day(self, day_start_ms: int) -> Day:
         day = Day(day_start_ms)

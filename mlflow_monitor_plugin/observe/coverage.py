@@ -1,17 +1,20 @@
 """The coverage ledger: per hourly window and judge, what the monitor saw, sampled and scored.
 
 For each window (the traces whose request time falls in the hour) and judge: traces seen (those
-the judge's filter admits), sampled, scored, failed (an error feedback and no verdict), not
-applicable (behind the cursor with nothing written: the judge did not apply), pending (ahead of
-the cursor), and the delay from a trace's end to its verdict. The daemon's heartbeat is the
-``lag_seconds`` metric it charts every few minutes on the monitor's metrics run, so an hour with
-no heartbeat is an hour the daemon was down. Everything is read from the store, so the ledger
-is exact whenever it is asked; ``state`` sums a row up:
+the judge's filter admits), sampled, scored, failed (an error feedback and no verdict), skipped
+(behind the cursor with nothing written, and the daemon did not run the judge there: see
+skipped.py), not applicable (behind the cursor with nothing written: the judge did not apply),
+pending (ahead of the cursor), and the delay from a trace's end to its verdict. The daemon's
+heartbeat is the ``lag_seconds`` metric it charts every few minutes on the monitor's metrics
+run, so an hour with no heartbeat is an hour the daemon was down. Everything is read from the
+store, so the ledger is exact whenever it is asked; ``state`` sums a row up:
 
 * ``open``: the window has not ended, or ended less than ``LATE_S`` ago with traces pending;
 * ``behind``: it ended longer ago and sampled traces are still pending (the daemon is down or
   behind);
 * ``errors``: judge errors left (retried on later passes, or given up);
+* ``skipped``: the daemon did not run the judge on some of the window's traces (no judge
+  endpoint, say); they stay unscored until a backfill scores them;
 * ``caught up``: everything is scored, but late: the daemon was down or behind (``gap`` says
   how late the slowest verdict came), and has closed the gap by itself;
 * ``ok``: scored, in time.
@@ -27,26 +30,35 @@ from mlflow.entities import TraceInfo
 
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.observe.skipped import Skips
 from mlflow_monitor_plugin.observe.windows import HOUR_MS, percentile, window_start
 from mlflow_monitor_plugin.scoring.feedback import JudgeState, judge_states
 
-STATES = ("open", "behind", "errors", "caught up", "ok")
-COUNTS = ("seen", "sampled", "scored", "failed", "not_applicable", "pending")
+STATES = ("open", "behind", "errors", "skipped", "caught up", "ok")
+COUNTS = ("seen", "sampled", "scored", "failed", "skipped", "not_applicable", "pending")
 LATE_S = 15 * 60.0  # a verdict later than this after its trace ended marks a gap
 
 
 def trace_state(
-    info: TraceInfo, state: JudgeState | None, rate: float, monitor_id: str, behind: bool
+    info: TraceInfo,
+    state: JudgeState | None,
+    rate: float,
+    monitor_id: str,
+    behind: bool,
+    skipped: bool = False,
 ) -> str:
-    """Where one (trace, judge) pair stands: unsampled, scored, failed, not_applicable (the
-    cursor passed it and nothing was written) or pending."""
+    """Where one (trace, judge) pair stands: unsampled, scored, failed, skipped (the cursor
+    passed it while the daemon did not run the judge), not_applicable (the cursor passed it and
+    nothing was written) or pending."""
     if not is_sampled(info.trace_id, monitor_id, rate):
         return "unsampled"
     if state and state.done:
         return "scored"
     if state and state.errors:
         return "failed"
-    return "not_applicable" if behind else "pending"
+    if not behind:
+        return "pending"
+    return "skipped" if skipped else "not_applicable"
 
 
 def verdict_delay_s(info: TraceInfo, state: JudgeState | None) -> float | None:
@@ -85,6 +97,8 @@ def window_state(coverage: Coverage, end_ms: int, now_ms: int, late_s: float = L
         return "behind" if now_ms >= end_ms + int(late_s * 1000) else "open"
     if c["failed"]:
         return "errors"
+    if c["skipped"]:
+        return "skipped"
     if now_ms < end_ms:
         return "open"
     if coverage.delays and max(coverage.delays) > late_s:
@@ -145,11 +159,12 @@ def collect(
     cursor: Checkpoint | None,
     matching: Any,
     rate_of: Callable[[str, float, int], float] | None = None,
+    skips: Skips | None = None,
 ) -> dict[int, dict[str, Coverage]]:
     """Coverage per hourly window and judge over ``pages`` of trace infos. ``judges`` carry
     ``name``, ``rate`` and ``filter_string``; ``matching(page, filter)`` gives the ids a
     filter admits; ``rate_of(judge, rate, timestamp_ms)`` the effective rate where a daily
-    budget lowered it."""
+    budget lowered it; ``skips`` where the daemon did not run a judge."""
     windows: dict[int, dict[str, Coverage]] = {}
     for page in pages:
         filters = {j.filter_string for j in judges if j.filter_string}
@@ -163,7 +178,8 @@ def collect(
                     continue
                 state = states.get(judge.name)
                 rate = rate_of(judge.name, judge.rate, info.timestamp_ms) if rate_of else judge.rate
-                where = trace_state(info, state, rate, monitor_id, behind)
+                skipped = skips is not None and skips.reason(judge.name, info.timestamp_ms)
+                where = trace_state(info, state, rate, monitor_id, behind, bool(skipped))
                 coverage = hour.setdefault(judge.name, Coverage())
                 coverage.add(where, verdict_delay_s(info, state))
                 coverage.lowest_rate = min(coverage.lowest_rate, rate)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from mlflow_monitor_plugin.observe.windows import VERDICT_KINDS, Outcome
 
 _logger = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ PREFIX = "mlflow_monitor"
 _CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
+_VALUE_LABELS = {"pass": "yes", "fail": "no", "numeric": "numeric"}  # any other: "other"
 
 
 class _Snapshots(Collector):
@@ -59,16 +62,25 @@ class LiveMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        judge = ["experiment", "judge"]
         self.verdicts = Counter(
-            f"{PREFIX}_verdicts", "Verdicts written, by judge and value.", ["judge", "value"],
+            f"{PREFIX}_verdicts", "Verdicts written, by judge and value.", [*judge, "value"],
             registry=r,
         )  # fmt: skip
         self.judge_errors = Counter(
-            f"{PREFIX}_judge_errors", "Error feedback written, by judge.", ["judge"], registry=r
+            f"{PREFIX}_judge_errors", "Error feedback written, by judge.", judge, registry=r
         )
         self.judge_call_seconds = Histogram(
             f"{PREFIX}_judge_call_seconds", "Time of one judge call (with its retries).",
-            ["judge"], buckets=_CALL_BUCKETS, registry=r,
+            judge, buckets=_CALL_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.judge_tokens = Counter(
+            f"{PREFIX}_judge_tokens", "Judge tokens of the verdicts and errors written.", judge,
+            registry=r,
+        )  # fmt: skip
+        self.judge_cost_usd = Counter(
+            f"{PREFIX}_judge_cost_usd", "Cost in USD of the verdicts and errors written (those "
+            "with a known price).", judge, registry=r,
         )  # fmt: skip
         self.pass_seconds = Histogram(
             f"{PREFIX}_pass_seconds", "Time of one monitor's pass.", ["experiment"],
@@ -82,6 +94,14 @@ class LiveMetrics:
             f"{PREFIX}_traces_exported", "Traces written to the export.", ["experiment"],
             registry=r,
         )  # fmt: skip
+        self.export_failures = Counter(
+            f"{PREFIX}_export_failures", "Passes whose export (or re-sync) failed.",
+            ["experiment"], registry=r,
+        )  # fmt: skip
+        self.budget_factor = Gauge(
+            f"{PREFIX}_budget_factor", "The daily budget's factor on the sample rates now "
+            "(1: not binding); only for monitors with a budget.", ["experiment"], registry=r,
+        )  # fmt: skip
         self.last_pass_timestamp = Gauge(
             f"{PREFIX}_last_pass_timestamp_seconds", "Unix time the daemon's last pass ended.",
             registry=r,
@@ -89,9 +109,50 @@ class LiveMetrics:
         self.pass_failures = Counter(
             f"{PREFIX}_pass_failures", "Monitor passes that raised.", registry=r
         )
+        self.interval_seconds = Gauge(
+            f"{PREFIX}_interval_seconds", "The daemon's --interval between passes.", registry=r
+        )
+        self.healthy = Gauge(
+            f"{PREFIX}_healthy", "1 while /healthz answers 200, 0 while it answers 503.",
+            registry=r,
+        )  # fmt: skip
         self._snapshots = _Snapshots()
         r.register(self._snapshots)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory, open fds
+
+    def count(
+        self, experiment_id: str, outcomes: Iterable[Mapping[str, Outcome]], since_ms: int
+    ) -> None:
+        """Count the verdicts and errors (judge -> outcome, per trace) written since
+        ``since_ms``, with their latency, tokens and cost. A judge's error count exists from its
+        first outcome on, at 0, so an error ratio reads 0 rather than nothing."""
+        for by_judge in outcomes:
+            for judge, outcome in by_judge.items():
+                errors = self.judge_errors.labels(experiment_id, judge)
+                if outcome.created_ms is None or outcome.created_ms < since_ms:
+                    continue
+                if outcome.kind == "error":
+                    errors.inc()
+                elif outcome.kind in VERDICT_KINDS:
+                    value = _VALUE_LABELS.get(outcome.kind, "other")
+                    self.verdicts.labels(experiment_id, judge, value).inc()
+                    if outcome.seconds is not None:
+                        self.judge_call_seconds.labels(experiment_id, judge).observe(
+                            outcome.seconds
+                        )
+                else:
+                    continue
+                if outcome.tokens:
+                    self.judge_tokens.labels(experiment_id, judge).inc(outcome.tokens)
+                if outcome.cost_usd is not None:
+                    self.judge_cost_usd.labels(experiment_id, judge).inc(outcome.cost_usd)
+
+    def set_budget_factor(self, experiment_id: str, factor: float | None) -> None:
+        """The daily budget's factor now; None (no budget) removes the experiment's series."""
+        if factor is None:
+            self.budget_factor.remove(experiment_id)
+        else:
+            self.budget_factor.labels(experiment_id).set(factor)
 
     def add_snapshot_source(self, name: str, snapshot: Callable[[], Mapping[str, float]]) -> None:
         """Expose ``snapshot()``'s numbers as gauges, e.g. a concurrency limiter's state."""

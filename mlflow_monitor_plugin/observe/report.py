@@ -10,6 +10,7 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
+from mlflow_monitor_plugin.observe import skipped
 from mlflow_monitor_plugin.observe.collect import Judges, WindowReader, window_judges
 from mlflow_monitor_plugin.observe.spend import budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.tracker import window_rows
@@ -49,11 +50,14 @@ def windows(
     if judge_names:
         judges = tuple(j for j in judges if j[0] in set(judge_names))
     source = source or TraceSource(monitor.experiment_id)
-    schedule = schedule_of(MonitorTags(), monitor.experiment_id, monitor.monitor_id)
+    tags = MonitorTags()
+    schedule = schedule_of(tags, monitor.experiment_id, monitor.monitor_id)
     llm = frozenset(j.name for j in build_judges(monitor.assessments_config) if j.is_llm)
     reader = WindowReader(
-        source, monitor.monitor_id, judges, max_failed_passes, rate_of=budget_rates(schedule, llm)
-    )
+        source, monitor.monitor_id, judges, max_failed_passes,
+        rate_of=budget_rates(schedule, llm),
+        skips=skipped.read(tags, monitor.experiment_id, monitor.monitor_id),
+    )  # fmt: skip
     rows = []
     first = window_start(since_ms, DAY_MS)
     for day_start in range(first, now_ms + 1, DAY_MS):
@@ -108,11 +112,12 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
                     "traces": str(row["eligible"]),
                     "sampled": str(row["sampled"]),
                     "verdicts": str(row["verdicts"]),
+                    "skipped": str(row["skipped"]),
                     "pass_rate": _pct(row["pass_rate"]),
                     "95%": "-" if low is None else f"{_pct(low)}–{_pct(high)}",
                     "trend": arrow,
                     "errors": str(row["errors"]),
-                    "est_failing": _num(row["estimated_failing"]),
+                    "est_failing": _num(row["estimated_failing"]) if row["verdicts"] else "-",
                     "mean": _num(row["value_mean"], 3),
                     "latency_p50": _num(row["latency_p50"], 2),
                     "latency_p95": _num(row["latency_p95"], 2),
@@ -122,9 +127,18 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
 
 
 TABLE_COLUMNS = [
-    "judge", "window", "traces", "sampled", "verdicts", "pass_rate", "95%", "trend", "errors",
-    "est_failing", "latency_p50", "latency_p95",
+    "judge", "window", "traces", "sampled", "verdicts", "skipped", "pass_rate", "95%", "trend",
+    "errors", "est_failing", "latency_p50", "latency_p95",
 ]  # fmt: skip
+
+
+def skipped_advice(monitor: ExternalMonitor, rows: list[dict[str, Any]]) -> list[str]:
+    """What ``report`` says under its table of the judges the daemon skipped."""
+    names = sorted({r["judge"] for r in rows if r["skipped"]})
+    if not names:
+        return []
+    skips = skipped.read(MonitorTags(), monitor.experiment_id, monitor.monitor_id)
+    return skipped.advice(monitor.experiment_id, skips, names)
 
 
 def last_windows(monitor: ExternalMonitor, now_ms: int, source: Any = None) -> list[dict]:

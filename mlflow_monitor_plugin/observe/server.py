@@ -3,7 +3,8 @@
 ``/healthz`` answers 200 while passes finish, and 503 with a JSON reason when no pass finished
 within three intervals (the daemon hangs) or the last pass failed and the tracking store does not
 answer. ``Health.record`` is the daemon's pass observer; it probes the store only after a pass
-that had errors, so a healthy daemon pays nothing for it.
+that had errors, so a healthy daemon pays nothing for it. The same verdict is on ``/metrics``
+(``mlflow_monitor_healthy``), with the interval and the passes' export failures.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Health:
         self.last_pass: float | None = None
         self.store_error: str | None = None
         self._lock = threading.Lock()
+        live.interval_seconds.set(interval_s)
+        live.healthy.set_function(lambda: float(self.check()[0] == 200))
 
     def __call__(self, report: Any) -> None:
         self.record(report)
@@ -60,6 +63,10 @@ class Health:
     def record(self, report: Any) -> None:
         """Called after every daemon pass with its ``PassReport``."""
         store_error = None
+        for stats in report.stats:  # at 0 from a monitor's first pass: increase() sees the 1st
+            failures = self._live.export_failures.labels(stats.experiment_id)
+            if stats.export_error:
+                failures.inc()
         if report.errors:
             self._live.pass_failures.inc(len(report.errors))
             try:

@@ -130,7 +130,8 @@ def pace(
     rest of the budget pays for at the configured rates, at most 1.
     """
     left = budget_usd - spend.committed
-    if left <= 0 or (next_call_usd is not None and left < next_call_usd):
+    # a relative tolerance: 20 calls of $0.000075 fit $0.0015 though their float sum exceeds it
+    if left <= 0 or (next_call_usd is not None and left < next_call_usd * (1 - 1e-9)):
         return 0.0
     if not cost_per_trace or spend.traces < 1:
         return 1.0

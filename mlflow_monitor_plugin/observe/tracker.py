@@ -30,7 +30,6 @@ from mlflow_monitor_plugin.observe.spend import RateSchedule, budget_rates, sche
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
     HOUR_MS,
-    VERDICT_KINDS,
     WIDTHS,
     Outcome,
     Tally,
@@ -42,7 +41,6 @@ from mlflow_monitor_plugin.scoring.judges import build_judges
 _logger = logging.getLogger(__name__)
 
 STALE_KEY = "windows_stale"  # tag: {"days": [day start ms], "at": ms}, written by a backfill
-_VALUE_LABELS = {"pass": "yes", "fail": "no", "numeric": "numeric"}
 
 
 @dataclass(frozen=True)
@@ -187,6 +185,10 @@ class QualityTracker:
         self._schedule = schedule_of(
             MonitorTags(self.client), self.experiment_id, monitor.monitor_id
         )
+        budgeted = monitor.cost.daily_budget_usd is not None
+        self.live.set_budget_factor(
+            self.experiment_id, self._schedule.factor(now_ms) if budgeted else None
+        )
         self._reload_stale()
         if self.settings.all_shards:
             self._follow(cursor, judges)
@@ -329,18 +331,7 @@ class QualityTracker:
 
     def _count(self, fresh: dict[str, dict[str, Outcome]], since_ms: int) -> None:
         """Live metrics: the verdicts and errors written since the last update."""
-        live = self.live
-        for by_judge in fresh.values():
-            for judge, outcome in by_judge.items():
-                if outcome.created_ms is None or outcome.created_ms < since_ms:
-                    continue
-                if outcome.kind == "error":
-                    live.judge_errors.labels(judge).inc()
-                elif outcome.kind in VERDICT_KINDS:
-                    label = _VALUE_LABELS.get(outcome.kind, "other")
-                    live.verdicts.labels(judge, label).inc()
-                    if outcome.seconds is not None:
-                        live.judge_call_seconds.labels(judge).observe(outcome.seconds)
+        self.live.count(self.experiment_id, fresh.values(), since_ms)
 
     def _export(self, monitor: ExternalMonitor, judges: Judges, wall_ms: int) -> None:
         dataset = QualityDataset(quality_uri(monitor.export_uri))

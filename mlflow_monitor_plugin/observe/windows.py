@@ -73,7 +73,7 @@ class Outcome:
     """What one trace contributes to one judge's window."""
 
     sampled: bool
-    kind: str = "unscored"  # pass, fail, other, numeric, error, unscored
+    kind: str = "unscored"  # pass, fail, other, numeric, error, skipped, unscored
     value: float | str | None = None  # the number (numeric) or the label (other)
     seconds: float | None = None  # the judge's latency, when the verdict recorded it
     retryable: bool = False  # an error the monitor will retry
@@ -103,6 +103,7 @@ class Tally:
     cost_usd: float = 0.0
     costed: int = 0  # verdicts and errors whose cost is known
     uncosted: int = 0  # verdicts whose cost is unknown (tokens or price unknown)
+    skipped: int = 0  # sampled, but the daemon did not run the judge (observe/skipped.py)
 
     def add(self, outcome: Outcome) -> None:
         self.eligible += 1
@@ -127,6 +128,8 @@ class Tally:
         elif kind == "error":
             self.errors += 1
             self.retryable += outcome.retryable
+        elif kind == "skipped":
+            self.skipped += 1
         if kind in VERDICT_KINDS and outcome.seconds is not None:
             self.latencies.append(outcome.seconds)
 
@@ -159,6 +162,7 @@ class Tally:
             self.cost_usd + other.cost_usd,
             self.costed + other.costed,
             self.uncosted + other.uncosted,
+            self.skipped + other.skipped,
         )
 
     @property
@@ -184,7 +188,8 @@ class Tally:
             "other": self.other,
             "numeric": len(self.numbers),
             "errors": self.errors,
-            "unscored": self.sampled - self.verdicts - self.errors,
+            "skipped": self.skipped,
+            "unscored": self.sampled - self.verdicts - self.errors - self.skipped,
             "pass_rate": rate_value,
             "pass_rate_low95": pop_low,
             "pass_rate_high95": pop_high,

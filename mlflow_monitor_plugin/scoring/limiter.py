@@ -189,6 +189,7 @@ class ConcurrencyGate:
         self.waiting = 0
         self.calls = 0
         self.dropped = 0
+        self.throttled = 0  # of them, answered 429 (Too Many Requests)
         self._board: Any = None
 
     def acquire(self) -> float:
@@ -203,12 +204,16 @@ class ConcurrencyGate:
             self._publish()
         return self.clock()
 
-    def release(self, started: float, outcome: str, may_grow: bool = True) -> None:
+    def release(
+        self, started: float, outcome: str, may_grow: bool = True, throttled: bool = False
+    ) -> None:
+        """A call ended; ``throttled``: the judge answered it 429."""
         with self._cond:
             self._limit.on_sample(self.clock(), started, outcome, self.in_flight, may_grow)
             self.in_flight -= 1
             self.calls += 1
             self.dropped += outcome == DROPPED
+            self.throttled += throttled
             self._publish()
             self._cond.notify_all()
 
@@ -224,6 +229,7 @@ class ConcurrencyGate:
                 "waiting": self.waiting,
                 "calls": self.calls,
                 "dropped": self.dropped,
+                "throttled": self.throttled,
             }
 
     def board(self) -> Any:

@@ -144,7 +144,7 @@ class JudgeProxy:
             # Waiting for the rate limit holds a slot: the limit must not grow on that.
             held_back = self._limiter.wait(self._sleep) > 0
             started = self.gate.clock() if held_back else started
-            outcome = IGNORED
+            outcome, throttled = IGNORED, False
             try:
                 response = self._http.request(
                     "POST",
@@ -159,6 +159,7 @@ class JudgeProxy:
                 last = f"timed out after {s.timeout_s:g}s" if timed_out else type(e).__name__
                 delay = backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
             else:
+                throttled = response.status == 429
                 if response.status in CONGESTION_STATUSES:
                     outcome = DROPPED
                 elif response.status < 500:
@@ -178,7 +179,7 @@ class JudgeProxy:
                     else backoff_delay(attempt, s.backoff_s, s.backoff_max_s, self._rng)
                 )
             finally:
-                self.gate.release(started, outcome, may_grow=not held_back)
+                self.gate.release(started, outcome, not held_back, throttled)
             _logger.debug("Judge call %s (attempt %d); retrying in %.2fs", last, attempt + 1, delay)
             if attempt + 1 < s.attempts:
                 self._sleep(delay)

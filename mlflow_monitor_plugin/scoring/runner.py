@@ -234,6 +234,8 @@ class JudgeRunner:
         verdict.seconds = time.monotonic() - started
         if judge.is_llm:
             verdict.metadata.update(_usage_metadata(verdict, call_id))
+        else:
+            verdict.metadata.update(usage.free_metadata())
         return verdict
 
     def call(self, trace: Trace, judge: JudgeSpec, session: list[Trace] | None = None) -> Verdict:

@@ -219,6 +219,15 @@ def usage_metadata(usage: Usage, cost_usd: float | None, price_source: str | Non
     return out
 
 
+NO_LLM = "no LLM call"  # the price source of a judge that calls no LLM: it costs nothing
+
+
+def free_metadata() -> dict[str, str]:
+    """The cost metadata of a verdict of a judge that calls no LLM (a deterministic or code
+    judge): $0, so windows and ``status`` count it as known, not unknown."""
+    return {COST_KEY: f"{0:.8f}", PRICE_SOURCE_KEY: NO_LLM}
+
+
 def verdict_cost(
     metadata: dict[str, Any], call_cost_usd: float | None, ok: bool
 ) -> tuple[float | None, bool]:
