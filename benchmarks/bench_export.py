@@ -6,7 +6,14 @@ SQLite store, then measures
   (b) the same paging plus ``ParquetExporter.write_batch`` per page (trace_to_row + Parquet),
 and prints a JSON summary (throughputs, their ratio, peak RSS). Progress goes to stderr.
 
+With ``--pii`` (policies, comma-separated: ``standard``, ``hash``), (b) is repeated with each
+redaction policy on, and the summary compares each with the policy off: throughput, its ratio,
+and CPU per trace. With ``--personal`` every trace carries personal data (its own e-mail
+address and phone number in its question, five copies per trace: request, preview, metadata,
+two spans), so each one takes the masker's slow path: recognize, parse, rewrite.
+
     .venv/bin/python benchmarks/bench_export.py --traces 2000
+    .venv/bin/python benchmarks/bench_export.py --traces 10000 --pii standard,hash --personal
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # every trace is in t
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the working tree
 
 import mlflow
+import pyarrow.parquet as pq
 from mlflow.entities import AssessmentSource, Span, SpanType, Trace
 from mlflow.tracing.client import TracingClient
 from mlflow.tracking import MlflowClient
 
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
+from mlflow_monitor_plugin.redaction import SECRET_ENV, masker_for, policy_from
+from mlflow_monitor_plugin.redaction.recognizers import load
 
 EXPORTED_AT_MS = 1_800_000_000_000
 DAY_MS = 86_400_000
@@ -43,9 +53,21 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _log_with_tracer(i: int, start_ns: int) -> str:
+EMAIL, PHONE = "alice.smith@example.com", "+1 415-555-2671"
+PERSONAL = f"I am {EMAIL}, call me on {PHONE}. "
+POLICIES = {
+    "standard": {"kinds": "standard"},
+    "hash": {"kinds": "standard", "mode": "hash"},
+}
+
+
+def _phone(i: int) -> str:
+    return f"+1 415-555-{i % 10_000:04d}"
+
+
+def _log_with_tracer(i: int, start_ns: int, personal: bool = False) -> str:
     """One trace through the fluent tracing API: complete metadata, but ~30 traces/s on SQLite."""
-    question = f"question {i}: how do I export traces? " * 4
+    question = (PERSONAL if personal else "") + f"question {i}: how do I export traces? " * 4
     root = mlflow.start_span_no_context(
         "app", inputs={"question": question}, start_time_ns=start_ns
     )
@@ -81,12 +103,15 @@ def _clone_spans(template: list[dict[str, Any]], i: int, start_ns: int) -> tuple
         d["attributes"]["mlflow.traceRequestId"] = json.dumps(trace_id)
         inputs = json.loads(d["attributes"]["mlflow.spanInputs"])
         key = "question" if "question" in inputs else "query"
-        d["attributes"]["mlflow.spanInputs"] = json.dumps({key: f"{inputs[key]} #{i}"})
+        text = inputs[key].replace(EMAIL, f"user{i}@example.com").replace(PHONE, _phone(i))
+        d["attributes"]["mlflow.spanInputs"] = json.dumps({key: f"{text} #{i}"})
         spans.append(Span.from_dict(d))
     return trace_id, spans
 
 
-def create_traces(count: int, experiment_id: str, start_ms: int, method: str) -> None:
+def create_traces(
+    count: int, experiment_id: str, start_ms: int, method: str, personal: bool = False
+) -> None:
     """``count`` traces over 7 days of request time, one judge feedback every 10th.
 
     ``ingest`` logs one real trace through the tracer, then stores copies of its spans in batches
@@ -94,14 +119,14 @@ def create_traces(count: int, experiment_id: str, start_ms: int, method: str) ->
     each trace's info from its spans; trace metadata is left empty). ``tracer`` logs every trace
     through the fluent API."""
     judge = AssessmentSource(source_type="LLM_JUDGE", source_id="bench-judge")
-    template_id = _log_with_tracer(0, start_ms * 1_000_000)
+    template_id = _log_with_tracer(0, start_ms * 1_000_000, personal)
     template = [s.to_dict() for s in mlflow.get_trace(template_id).data.spans]
     client = TracingClient()
     began, pending, trace_ids = time.perf_counter(), [], [template_id]
     for i in range(1, count):
         start_ns = (start_ms + (i % 7) * DAY_MS + i) * 1_000_000
         if method == "tracer":
-            trace_ids.append(_log_with_tracer(i, start_ns))
+            trace_ids.append(_log_with_tracer(i, start_ns, personal))
         else:
             trace_id, spans = _clone_spans(template, i, start_ns)
             trace_ids.append(trace_id)
@@ -115,6 +140,15 @@ def create_traces(count: int, experiment_id: str, start_ms: int, method: str) ->
     for trace_id in trace_ids[::10]:
         mlflow.log_feedback(trace_id=trace_id, name="relevance", value="yes", source=judge)
     _progress(f"logged {len(trace_ids[::10])} feedbacks")
+
+
+def _holds_email(export: Path) -> set[bool]:
+    """For each file of the export, whether its text columns hold the e-mail address."""
+    columns = ["request", "request_preview", "spans", "trace_metadata"]
+    return {
+        "@example.com" in json.dumps(pq.read_table(path, columns=columns).to_pylist())
+        for path in export.rglob("*.parquet")
+    }
 
 
 def page_through(
@@ -149,29 +183,48 @@ def main() -> None:
         default="ingest",
         help="ingest: batched span ingestion (fast, default); tracer: the fluent API (~30/s)",
     )
+    parser.add_argument(
+        "--pii",
+        default="",
+        help="Redaction policies to compare with none, e.g. 'standard,hash' (see the docstring)",
+    )
+    parser.add_argument(
+        "--personal", action="store_true", help="Every trace carries an e-mail and a phone"
+    )
     args = parser.parse_args()
+    policies = [p for p in args.pii.split(",") if p]
+    os.environ.setdefault(SECRET_ENV, secrets.token_hex(16))
 
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         root = Path(tmp)
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
         experiment_id = mlflow.set_experiment("bench-export").experiment_id
         created_at = time.perf_counter()
-        create_traces(args.traces, experiment_id, 1_767_225_600_000, args.create_with)
+        create_traces(
+            args.traces, experiment_id, 1_767_225_600_000, args.create_with, args.personal
+        )
         create_s = time.perf_counter() - created_at
         client = MlflowClient()
 
         _progress("(a) search_traces only ...")
         seen_a, search_a, _ = page_through(client, experiment_id, args.page_size, lambda i, p: None)
 
-        exporter = ParquetExporter(str(root / "export"))
+        def measure(label: str, policy: str | None) -> tuple[int, float, float, float]:
+            load.cache_clear()  # recognizers with empty window caches: no run helps the next
+            masker = masker_for(policy_from(POLICIES[policy])) if policy else None
+            exporter = ParquetExporter(str(root / f"export-{label}"), masker=masker)
 
-        def export(index: int, page: list[Trace]) -> None:
-            exporter.write_batch(f"page-{index:05d}", page, EXPORTED_AT_MS)
+            def export(index: int, page: list[Trace]) -> None:
+                exporter.write_batch(f"page-{index:05d}", page, EXPORTED_AT_MS)
 
-        _progress("(b) search_traces + trace_to_row + write_batch ...")
-        seen_b, search_b, write_b = page_through(client, experiment_id, args.page_size, export)
+            _progress(f"({label}) search_traces + trace_to_row + write_batch ...")
+            cpu = time.process_time()
+            seen, search_s, write_s = page_through(client, experiment_id, args.page_size, export)
+            return seen, search_s, write_s, time.process_time() - cpu
 
-        files = [p for p in (root / "export").rglob("*.parquet")]
+        seen_b, search_b, write_b, cpu_b = measure("b", None)
+        pii_runs = {policy: measure(f"pii-{policy}", policy) for policy in policies}
+        files = [p for p in (root / "export-b").rglob("*.parquet")]
         search_rate = seen_a / search_a
         export_rate = seen_b / (search_b + write_b)
         summary = {
@@ -185,11 +238,27 @@ def main() -> None:
             "b_to_row_and_write_s": round(write_b, 3),
             "b_search_and_export_traces_per_s": round(export_rate, 1),
             "b_export_only_traces_per_s": round(seen_b / write_b, 1),
+            "b_cpu_ms_per_trace": round(cpu_b / seen_b * 1000, 3),
             "ratio_b_over_a_throughput": round(export_rate / search_rate, 3),
             "parquet_files": len(files),
             "parquet_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        for policy, (seen, search_s, write_s, cpu_s) in pii_runs.items():
+            assert seen == args.traces, (policy, seen)
+            if args.personal:  # the e-mail addresses are really masked
+                holds = _holds_email(root / f"export-pii-{policy}")
+                assert holds == {False} and _holds_email(root / "export-b") == {True}, holds
+            rate = seen / (search_s + write_s)
+            summary[f"pii_{policy}"] = {
+                "search_and_export_traces_per_s": round(rate, 1),
+                "export_only_traces_per_s": round(seen / write_s, 1),
+                "cpu_ms_per_trace": round(cpu_s / seen * 1000, 3),
+                "ratio_to_off_search_and_export": round(rate / export_rate, 3),
+                "ratio_to_off_export_only": round(write_b / write_s, 3),
+                "extra_cpu_ms_per_trace": round((cpu_s - cpu_b) / seen * 1000, 3),
+            }
+        summary["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
         assert seen_a == seen_b == args.traces, (seen_a, seen_b)
         print(json.dumps(summary, indent=2))
 

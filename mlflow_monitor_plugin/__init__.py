@@ -28,6 +28,7 @@ from mlflow_monitor_plugin.exceptions import (
     MonitorNotFoundError,
     MonitorStorageError,
 )
+from mlflow_monitor_plugin.redaction import RedactionPolicy
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "MonitorExistsError",
     "MonitorNotFoundError",
     "MonitorStorageError",
+    "RedactionPolicy",
     "WebhookTarget",
     "__version__",
     "create_external_monitor",

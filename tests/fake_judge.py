@@ -40,6 +40,8 @@ class JudgeBehaviour:
     max_concurrent: int | None = None  # calls in progress beyond this are answered 429
     # the reply's "usage" from the request; returning None leaves it out (an endpoint without)
     usage: Callable[[dict[str, Any]], dict[str, int] | None] | None = None
+    # the rationale from the prompt and verdict (default: "fake judge says <verdict> (<digest>)")
+    rationale: Callable[[str, str], str] | None = None
 
 
 class FakeJudge:
@@ -165,7 +167,8 @@ class FakeJudge:
                 else:
                     prompt = json.dumps(body.get("messages", []))
                     verdict = behaviour.verdict(prompt)
-                    reply = _completion(body, answer(body, prompt, verdict), behaviour.usage)
+                    why = behaviour.rationale(prompt, verdict) if behaviour.rationale else None
+                    reply = _completion(body, answer(body, prompt, verdict, why), behaviour.usage)
                     self._send(200, reply)
 
             def _send(
@@ -186,7 +189,7 @@ class FakeJudge:
         return Handler
 
 
-def answer(body: dict[str, Any], prompt: str, verdict: str) -> str:
+def answer(body: dict[str, Any], prompt: str, verdict: str, rationale: str | None = None) -> str:
     """The reply MLflow's judge expects, from the JSON schema it asks for in
     ``response_format``: a result of the schema's type (an enum's choice, a bool, a number),
     ``{"tools": []}`` to the tool-extraction request of the tool-call judges."""
@@ -197,7 +200,7 @@ def answer(body: dict[str, Any], prompt: str, verdict: str) -> str:
         return json.dumps({"tools": []})
     return json.dumps(
         {"result": _typed(properties.get("result") or {}, verdict),
-         "rationale": f"fake judge says {verdict} ({digest})"}
+         "rationale": rationale or f"fake judge says {verdict} ({digest})"}
     )  # fmt: skip
 
 

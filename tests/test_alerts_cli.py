@@ -36,7 +36,7 @@ def test_alert_flags_on_create_and_update(sqlite_experiment_id):
                       "drop=safety.pass_rate<0.9", "--output", "json")  # fmt: skip
     assert [r["name"] for r in json.loads(replaced.output)["alerts"]] == ["drop"]
     dropped = invoke("update", "-x", x, "--judge", "groundedness")  # drop=safety needs safety
-    assert dropped.exit_code == 1 and "AlertRule('drop').judge" in dropped.output
+    assert dropped.exit_code == 2 and "AlertRule('drop').judge" in dropped.output
 
 
 @pytest.mark.parametrize(
@@ -72,6 +72,6 @@ def test_alerts_in_the_yaml_file(sqlite_experiment_id):
     assert "not evaluated yet" in listed.output
     missing = invoke("alerts", "test", "-x", sqlite_experiment_id, "--rule", "nope")
     assert (
-        missing.exit_code == 1
+        missing.exit_code == 2
         and "expected one of ['lag_seconds', 'safety-drop']" in missing.output
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from mlflow_monitor_plugin.alerts.evaluate import Evaluation
 from mlflow_monitor_plugin.config.alerts import AlertRule
+from mlflow_monitor_plugin.redaction import Masker
 
 MESSAGE_TYPE = "mlflow_monitor.alert"
 MAX_TRACE_IDS = 5
@@ -125,6 +126,25 @@ def _details(payload: dict[str, Any]) -> str:
         lines.append("Failing traces: " + ", ".join(failing["trace_ids"]))
     lines.append(f"Monitor {payload['monitor_id']}, incident {payload['incident_id']}.")
     return "\n".join(lines)
+
+
+_FREE_TEXT = ("experiment_name", "title", "text")  # the rest: ids, numbers, the rule's own words
+
+
+def redact(payload: dict[str, Any], masker: Masker | None) -> dict[str, Any]:
+    """``payload`` with the personal data of the monitor's policy masked in its free text (the
+    experiment's name, which the title and text repeat). Without a masker (the policy cannot
+    be applied in this process), the experiment's name is left out whole."""
+    out = dict(payload)
+    if masker is None:
+        name = out["experiment_name"]
+        for key in _FREE_TEXT:
+            out[key] = out[key].replace(name, "[REDACTED]") if name else out[key]
+        return out
+    for key in _FREE_TEXT:
+        if isinstance(out.get(key), str):
+            out[key] = masker.mask_text(out[key])[0]
+    return out
 
 
 def to_slack(payload: dict[str, Any]) -> dict[str, Any]:

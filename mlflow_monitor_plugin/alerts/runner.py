@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlflow_monitor_plugin.alerts import message as msg
@@ -29,7 +29,9 @@ from mlflow_monitor_plugin.config.tags import (
     join_document,
     parse_monitor,
 )
+from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.observe.spend import budget_factor
+from mlflow_monitor_plugin.redaction import Masker, masker_for
 
 _logger = logging.getLogger(__name__)
 
@@ -138,11 +140,14 @@ class AlertRunner:
         now_ms: int,
     ) -> None:
         def compose(event: str, incident: str, event_id: str) -> dict[str, Any]:
-            return msg.build(
+            payload = msg.build(
                 event=event, rule=rule, evaluation=evaluation, monitor_id=monitor.monitor_id,
                 experiment_id=monitor.experiment_id, experiment_name=experiment_name,
                 incident_id=incident, event_id=event_id, now_ms=now_ms,
             )  # fmt: skip
+            if not monitor.pii.covers("alerts"):
+                return payload
+            return msg.redact(payload, self._masker(monitor))
 
         state.last = evaluation.to_dict() | {"at_ms": now_ms}
         targets = target_keys(rule, self.notifier.settings)
@@ -155,6 +160,18 @@ class AlertRunner:
             self._save(monitor.experiment_id, state, now_ms)
         if self._deliver(monitor.experiment_id, rule, state, now_ms):
             self._save(monitor.experiment_id, state, now_ms)
+
+    def _masker(self, monitor: ExternalMonitor) -> Masker | None:
+        """The monitor's masker; when the daemon cannot apply the policy as written (no hash
+        key), placeholders; when not at all (no ``pii`` extra), None: see ``msg.redact``."""
+        try:
+            return masker_for(monitor.pii)
+        except MonitorConfigError as first:
+            try:
+                return masker_for(replace(monitor.pii, mode="placeholder"))
+            except MonitorConfigError:
+                _logger.warning("Alert messages of experiment %s: %s", monitor.experiment_id, first)
+                return None
 
     def _deliver(self, experiment_id: str, rule: AlertRule, state: RuleState, now_ms: int) -> bool:
         """Send the due messages, in order per target; True when the outbox changed."""
@@ -237,7 +254,7 @@ def send_test(
     ``settings`` name one); returns (target, ``Delivery``) pairs. Nothing is saved."""
     import uuid
 
-    from mlflow_monitor_plugin.exceptions import MonitorConfigError, MonitorNotFoundError
+    from mlflow_monitor_plugin.exceptions import MonitorNotFoundError
 
     runner = AlertRunner.create(settings)
     experiment = runner.tags.client.get_experiment(experiment_id)
@@ -258,6 +275,8 @@ def send_test(
         experiment_id=experiment_id, experiment_name=experiment.name,
         incident_id=test_id, event_id=f"{test_id}#test", now_ms=now_ms,
     )  # fmt: skip
+    if monitor.pii.covers("alerts"):
+        payload = msg.redact(payload, runner._masker(monitor))
     keys = target_keys(rule, runner.notifier.settings)
     return [
         (runner.notifier.describe(rule, k), runner.notifier.send(rule, k, payload)) for k in keys

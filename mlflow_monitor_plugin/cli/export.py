@@ -31,8 +31,8 @@ def export_command(
     """Re-sync a period of the export from MLflow, with a progress bar.
 
     Replaces the period's date partitions with the traces as MLflow has them now, so feedback
-    added after a trace was exported reaches the copy. Traces the daemon has not exported yet
-    are left to it.
+    added after a trace was exported reaches the copy. The monitor's current redaction policy
+    (pii) is applied to what is rewritten. Traces the daemon has not exported yet are left to it.
 
     \b
     Example:
@@ -44,8 +44,10 @@ def export_command(
     from mlflow_monitor_plugin.engine.pipeline import MonitorEngine
     from mlflow_monitor_plugin.export.parquet import ParquetExporter
     from mlflow_monitor_plugin.export.resync import resync
+    from mlflow_monitor_plugin.redaction import masker_for
 
     monitor = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    masker = masker_for(monitor.pii)  # refused before anything is rewritten
     engine = MonitorEngine.create(monitor.experiment_id)
     cursor = engine.read_cursor(monitor)
     if cursor.export is None:
@@ -57,7 +59,7 @@ def export_command(
         task = progress.add_task("Re-syncing traces", total=None)
         rows = resync(
             engine.source,
-            ParquetExporter(monitor.export_uri),
+            ParquetExporter(monitor.export_uri, masker=masker),
             date_from,
             date_to,
             cursor.export,
@@ -78,6 +80,9 @@ def compact_command(
     until: dt.datetime | None,
 ) -> None:
     """Merge the small files of each date partition of the export into one.
+
+    Rows are copied as they were written: what was masked stays masked. To apply a changed
+    redaction policy to files already written, re-export the period with `export`.
 
     \b
     Example:

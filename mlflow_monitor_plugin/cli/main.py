@@ -22,6 +22,7 @@ from mlflow_monitor_plugin.cli import quality as cli_quality
 from mlflow_monitor_plugin.cli import run as cli_run
 from mlflow_monitor_plugin.cli.cost import cost_for_cli, cost_options
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
+from mlflow_monitor_plugin.cli.pii import pii_for_cli, pii_options
 from mlflow_monitor_plugin.config import api
 from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, ExternalMonitor
 
@@ -162,6 +163,7 @@ def monitor() -> None:
 @suite_options
 @cli_alerts.alert_option
 @cost_options
+@pii_options
 @cli_plan.plan_options
 @output_option
 @handle_errors
@@ -182,6 +184,10 @@ def create_command(
     call_cost_usd: str | None,
     prices: tuple[str, ...],
     pace: bool | None,
+    pii_kinds: str | None,
+    pii_mode: str | None,
+    pii_patterns: tuple[str, ...],
+    pii_where: str | None,
     show_plan: bool,
     yes: bool,
     output: str,
@@ -195,6 +201,7 @@ def create_command(
       mlflow monitor create -x 1 -f examples/monitor.yaml
       mlflow monitor create -x 1 --judge safety --alert "safety.pass_rate<0.95 over 1h"
       mlflow monitor create -x 1 --judge safety --daily-budget-usd 5 --plan
+      mlflow monitor create -x 1 --judge safety --pii standard --pii-mode hash
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
@@ -202,6 +209,7 @@ def create_command(
     )
     file_args = data or {}
     cost = cost_for_cli(data, None, daily_budget_usd, call_cost_usd, prices, pace)
+    pii = pii_for_cli(data, None, pii_kinds, pii_mode, pii_patterns, pii_where)
     if show_plan:
         exp = api.resolve_experiment_id(experiment_id, experiment_name)
         cli_plan.gate(cli_plan.proposed(None, exp, suite, cost), existing=False, yes=yes)
@@ -214,6 +222,7 @@ def create_command(
         export_uri=export_uri or file_args.get("export_uri"),
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
         cost=cost,
+        pii=pii,
     )
     print_monitor(created, output)
 
@@ -240,6 +249,7 @@ def get_command(experiment_id: str | None, experiment_name: str | None, output: 
 @suite_options
 @cli_alerts.alert_option
 @cost_options
+@pii_options
 @cli_plan.plan_options
 @output_option
 @handle_errors
@@ -257,6 +267,10 @@ def update_command(
     call_cost_usd: str | None,
     prices: tuple[str, ...],
     pace: bool | None,
+    pii_kinds: str | None,
+    pii_mode: str | None,
+    pii_patterns: tuple[str, ...],
+    pii_where: str | None,
     show_plan: bool,
     yes: bool,
     output: str,
@@ -264,7 +278,9 @@ def update_command(
     """Replace the monitor's assessments config whole. The export location stays.
 
     Alert rules stay unless --alert or the file's 'alerts' key gives new ones; the cost
-    settings stay unless a cost flag or the file's 'cost' key changes them.
+    settings stay unless a cost flag or the file's 'cost' key changes them; the redaction
+    policy stays unless a --pii flag or the file's 'pii' key changes it (files already
+    exported keep their masking: `mlflow monitor export` re-exports a period under the new one).
 
     \b
     Example:
@@ -277,6 +293,7 @@ def update_command(
     )
     before = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     cost = cost_for_cli(data, before.cost, daily_budget_usd, call_cost_usd, prices, pace)
+    pii = pii_for_cli(data, before.pii, pii_kinds, pii_mode, pii_patterns, pii_where)
     if show_plan:
         proposal = cli_plan.proposed(before, before.experiment_id, suite, cost)
         cli_plan.gate(proposal, existing=True, yes=yes)
@@ -285,6 +302,7 @@ def update_command(
         experiment_id=before.experiment_id,
         alerts=cli_alerts.rules_for_cli(data, alert_specs, suite),
         cost=cost,
+        pii=pii,
     )
     print_monitor(updated, output)
     added = api.added_judges(before, updated)

@@ -160,6 +160,7 @@ def status(experiment_id: str | None, experiment_name: str | None) -> dict[str, 
         "export_checkpoint": cursor.export.to_dict() if cursor.export else None,
         "lag_seconds": None if lag is None else round(lag / 1000, 3),
         "export_uri": monitor.export_uri,
+        "pii": monitor.pii.describe(),
         "concurrency": engine.tags.read_json(monitor.experiment_id, "concurrency"),
         "shards": _shards(engine, monitor.monitor_id),
         "judges": [

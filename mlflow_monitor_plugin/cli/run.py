@@ -302,6 +302,7 @@ def status_command(
         "export_checkpoint": _cursor_text(status["export_checkpoint"]),
         "lag": "-" if lag is None else f"{_seconds(lag)} behind the newest trace",
         "export_uri": status["export_uri"],
+        "pii": status["pii"],
     }
     for key, text in lines.items():
         click.echo(f"{key + ':':<19}{text}")

@@ -33,6 +33,7 @@ from mlflow_monitor_plugin.exceptions import (
     MonitorNotFoundError,
     MonitorStorageError,
 )
+from mlflow_monitor_plugin.redaction import RedactionPolicy, masker_for, policy_from
 
 _logger = logging.getLogger(__name__)
 
@@ -104,6 +105,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def redaction_policy(value: RedactionPolicy | dict[str, Any] | str | None) -> RedactionPolicy:
+    """The validated policy, refused when this process could not apply it: a built-in kind
+    without the ``pii`` extra, or ``hash`` without the key in the environment."""
+    policy = policy_from(value)
+    masker_for(policy)
+    return policy
+
+
 def create_external_monitor(
     *,
     catalog_name: str,
@@ -114,18 +123,21 @@ def create_external_monitor(
     export_uri: str | None = None,
     alerts: list[AlertRule | dict[str, Any] | str] | None = None,
     cost: CostConfig | dict[str, Any] | None = None,
+    pii: RedactionPolicy | dict[str, Any] | str | None = None,
 ) -> ExternalMonitor:
     """Create the monitor of an experiment; it starts with the next pass of ``mlflow monitor run``.
 
     Traces are exported to ``<MLFLOW_MONITOR_EXPORT_ROOT>/<catalog>/<schema>/trace_logs_<id>``
     unless ``export_uri`` (a local path or a URI pyarrow understands) is given. ``alerts`` are
     the monitor's alert rules (see docs/alerts.md); ``cost`` its daily budget and model prices
-    (see docs/cost.md).
+    (see docs/cost.md); ``pii`` what personal data the export and alert messages mask
+    (``"standard"`` or a mapping, see docs/configuration.md#personal-data).
     """
     check_identifier("catalog_name", catalog_name)
     check_identifier("schema_name", schema_name)
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
     costs = cost_from(cost)
+    policy = redaction_policy(pii)
     if export_uri is not None and (not isinstance(export_uri, str) or not export_uri.strip()):
         raise MonitorConfigError("export_uri", export_uri, "expected a local path or a URI")
     store = MonitorTags()
@@ -152,10 +164,12 @@ def create_external_monitor(
         updated_at_ms=now,
         alerts=rules,
         cost=costs,
+        pii=policy,
     )
     store.write_config(monitor)
     mirrors.sync(monitor, store)
-    return store.read_config(exp_id) or monitor
+    monitor.registered = tuple(registered.read(exp_id, store.client))
+    return monitor
 
 
 def judge_names(suite: AssessmentsSuiteConfig, experiment_id: str, client: Any) -> list[str]:
@@ -183,17 +197,22 @@ def update_external_monitor(
     experiment_name: str | None = None,
     alerts: list[AlertRule | dict[str, Any] | str] | None = None,
     cost: CostConfig | dict[str, Any] | None = None,
+    pii: RedactionPolicy | dict[str, Any] | str | None = None,
 ) -> ExternalMonitor:
     """Replace the monitor's assessments config whole (stateless, as Databricks documents).
 
     The export location is fixed at creation. ``alerts=None`` keeps the current alert rules
     (checked against the new judges), a list replaces them; ``cost=None`` keeps the cost
-    settings, a dict replaces them. A rejected update changes nothing.
+    settings, a dict replaces them; ``pii=None`` keeps the redaction policy, ``"off"`` ends
+    it, anything else replaces it (files already exported stay as written: re-export a period
+    with ``mlflow monitor export`` to apply the new policy to it). A rejected update changes
+    nothing.
     A judge it adds scores new traces from then on; the backfill command for past ones is logged
     (INFO).
     """
     suite = AssessmentsSuiteConfig.from_dict(assessments_config)
     costs = cost_from(cost) if cost is not None else None
+    policy = redaction_policy(pii) if pii is not None else None
     store = MonitorTags()
     exp_id = resolve_experiment_id(experiment_id, experiment_name, store.client)
     names = judge_names(suite, exp_id, store.client)
@@ -216,10 +235,11 @@ def update_external_monitor(
         updated_at_ms=max(_now_ms(), current.updated_at_ms),
         alerts=rules_from(current.alerts if alerts is None else alerts, names),
         cost=current.cost if costs is None else costs,
+        pii=current.pii if policy is None else policy,
     )
     store.write_config(updated, previous=tags)
     mirrors.sync(updated, store)
-    updated.registered = store.read_config(exp_id).registered  # type: ignore[union-attr]
+    updated.registered = tuple(registered.read(exp_id, store.client))
     added = added_judges(current, updated)
     if added:
         _logger.info(

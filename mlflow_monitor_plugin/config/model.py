@@ -23,6 +23,7 @@ from mlflow_monitor_plugin.config.checks import (
 from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge, custom_judge_from_dict
 from mlflow_monitor_plugin.config.prices import CostConfig, cost_from
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
+from mlflow_monitor_plugin.redaction.policy import RedactionPolicy, policy_from
 
 SCHEMA_VERSION = 1
 # What `get` says when the config names no judge model (scoring/judges.py resolves it).
@@ -265,6 +266,7 @@ class ExternalMonitor:
     schema_version: int = field(default=SCHEMA_VERSION)
     alerts: list[AlertRule] = field(default_factory=list)  # see config/alerts.py
     cost: CostConfig = field(default_factory=CostConfig)  # see config/prices.py
+    pii: RedactionPolicy = field(default_factory=RedactionPolicy)  # see redaction/policy.py
     # The judges registered in MLflow on the experiment (config/registered.py): read from
     # MLflow's registry with the config, never stored in the monitor's tags.
     registered: tuple[Any, ...] = field(default=(), compare=False, repr=False)
@@ -291,6 +293,7 @@ class ExternalMonitor:
             "assessments_config": self.assessments_config.to_dict(),
             **({"alerts": [r.to_dict() for r in self.alerts]} if self.alerts else {}),
             **({"cost": self.cost.to_dict()} if not self.cost.empty else {}),
+            **({"pii": self.pii.to_dict()} if self.pii.enabled else {}),
         }
 
     @classmethod
@@ -316,6 +319,7 @@ class ExternalMonitor:
                 updated_at_ms=int(value["updated_at_ms"]),
                 alerts=rules_from(value.get("alerts"), None),  # checked when written
                 cost=cost_from(value.get("cost")),
+                pii=policy_from(value.get("pii")),
             )
         except KeyError as e:
             raise MonitorConfigError(
@@ -362,4 +366,5 @@ class ExternalMonitor:
                 f"  price:        {model}: ${price.input_per_token * 1e6:g} in, "
                 f"${price.output_per_token * 1e6:g} out per million tokens"
             )
+        lines.append(f"  pii:          {self.pii.describe()}")
         return "\n".join(lines)

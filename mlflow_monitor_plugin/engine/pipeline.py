@@ -44,10 +44,11 @@ from mlflow_monitor_plugin.engine.passes import (
 )
 from mlflow_monitor_plugin.engine.sessions import SessionPass
 from mlflow_monitor_plugin.engine.shards import CHECKPOINT_KEY, ShardWork
-from mlflow_monitor_plugin.exceptions import ExportError, MonitorNotFoundError
+from mlflow_monitor_plugin.exceptions import ExportError, MonitorConfigError, MonitorNotFoundError
 from mlflow_monitor_plugin.export.parquet import ParquetExporter
 from mlflow_monitor_plugin.observe.skipped import SKIPPED_KEY, Skips
 from mlflow_monitor_plugin.observe.tracker import STALE_KEY, QualitySettings, QualityTracker
+from mlflow_monitor_plugin.redaction import masker_for
 from mlflow_monitor_plugin.scoring import limiter
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, endpoint_missing, monitor_judges
@@ -203,7 +204,7 @@ class MonitorEngine:
         self._keep_mlflow_in_step(monitor)
         judges = self.budget.start(monitor, self.judges_for(monitor))
         writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
-        export = self._export_for(monitor, now_ms)
+        export = self._export_for(monitor, now_ms, stats)
         cursor = self.read_cursor(monitor)
         walked_from = cursor.score.timestamp_ms if cursor.score else None
         trace_judges = [j for j in judges if not j.session]
@@ -322,12 +323,23 @@ class MonitorEngine:
             self._skips = None
             _logger.debug("Could not record the skipped judges: %s", e)
 
-    def _export_for(self, monitor: ExternalMonitor, now_ms: int) -> ParquetExporter | None:
+    def _export_for(
+        self, monitor: ExternalMonitor, now_ms: int, stats: PassStats
+    ) -> ParquetExporter | None:
         if not self.settings.export:
             return None
         if now_ms < self._export_retry_at_ms:
             return None
-        return ParquetExporter(monitor.export_uri)
+        try:
+            masker = masker_for(monitor.pii)
+        except MonitorConfigError as e:  # never export unmasked: the cursor waits for the fix
+            self._export_failures += 1
+            delay_s = min(600, 5 * 2 ** min(self._export_failures, 7))
+            self._export_retry_at_ms = now_ms + delay_s * 1000
+            stats.export_error = str(e)
+            _logger.error("Export of experiment %s is on hold: %s", self.experiment_id, e)
+            return None
+        return ParquetExporter(monitor.export_uri, masker=masker)
 
     def _parts(self, ctx: PassContext, page: list[TraceInfo]) -> Iterator[list[TraceInfo]]:
         """The page whole, or, while a daily budget does not know a judge's cost per call yet,

@@ -16,6 +16,8 @@ from mlflow_monitor_plugin.exceptions import ExportError, MonitorConfigError
 if TYPE_CHECKING:
     from mlflow.entities import Trace
 
+    from mlflow_monitor_plugin.redaction import Masker
+
 from mlflow_monitor_plugin.export.base import in_range, io_errors
 from mlflow_monitor_plugin.export.rows import (
     PARTITION_COLUMN,
@@ -51,8 +53,10 @@ class DeltaExporter:
         storage_options: dict[str, str] | None = None,
         *,
         rows_per_batch: int = ROWS_PER_ROW_GROUP,
+        masker: Masker | None = None,
     ):
         self._delta = _import_deltalake()
+        self.masker = masker
         self.export_uri = export_uri if "://" in export_uri else os.path.abspath(export_uri)
         self._options = storage_options
         self._rows = rows_per_batch
@@ -85,7 +89,7 @@ class DeltaExporter:
     ) -> list[str]:
         """Upsert ``traces``; idempotent by trace_id, so ``batch_key`` only names the batch in
         logs. Returns ``[export_uri]``, or ``[]`` for no traces."""
-        table = traces_to_table(_unique(traces), exported_at_ms)
+        table = traces_to_table(_unique(traces), exported_at_ms, self.masker)
         if table.num_rows == 0:
             return []
         with self._errors("write Delta table"):
@@ -121,7 +125,7 @@ class DeltaExporter:
             nonlocal written
             rows: list[dict[str, Any]] = []
             seen: set[str] = set()
-            for row in (trace_to_row(t, exported_at_ms) for t in traces_by_date):
+            for row in (trace_to_row(t, exported_at_ms, self.masker) for t in traces_by_date):
                 if in_range(row[PARTITION_COLUMN], date_from, date_to) and (
                     row["trace_id"] not in seen
                 ):

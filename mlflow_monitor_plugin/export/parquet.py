@@ -27,6 +27,8 @@ from mlflow_monitor_plugin.export.base import in_range, io_errors
 if TYPE_CHECKING:
     from mlflow.entities import Trace
 
+    from mlflow_monitor_plugin.redaction import Masker
+
 from mlflow_monitor_plugin.export.rows import (
     ARROW_SCHEMA,
     MAX_BUFFER_BYTES,
@@ -112,6 +114,8 @@ class ParquetExporter:
 
     One writer per export location at a time. ``export_uri`` is a local path or any URI that
     ``pyarrow.fs.FileSystem.from_uri`` understands (``s3://``, ``gs://``, ``file://`` ...).
+    With a ``masker``, rows are written with the personal data of its policy masked; ``compact``
+    copies rows as they are, so what was masked stays masked.
     """
 
     def __init__(
@@ -120,8 +124,10 @@ class ParquetExporter:
         *,
         row_group_rows: int = ROWS_PER_ROW_GROUP,
         max_buffer_bytes: int = MAX_BUFFER_BYTES,
+        masker: Masker | None = None,
     ):
         self.export_uri = export_uri
+        self.masker = masker
         self._rows = row_group_rows
         self._max_buffer = max_buffer_bytes
         try:
@@ -176,7 +182,7 @@ class ParquetExporter:
         name = f"part-{batch_key}.parquet"
         rows_by_date: dict[str, list[dict[str, Any]]] = {}
         for trace in _unique(traces):
-            row = trace_to_row(trace, exported_at_ms)
+            row = trace_to_row(trace, exported_at_ms, self.masker)
             rows_by_date.setdefault(row[PARTITION_COLUMN], []).append(row)
         written = []
         for date in sorted(rows_by_date):
@@ -232,7 +238,7 @@ class ParquetExporter:
         committed: list[str] = []
         try:
             for trace in traces_by_date:
-                row = trace_to_row(trace, exported_at_ms)
+                row = trace_to_row(trace, exported_at_ms, self.masker)
                 date = row[PARTITION_COLUMN]
                 if not in_range(date, date_from, date_to) or row["trace_id"] in seen:
                     skipped += 1

@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from mlflow_monitor_plugin.export.masking import RowMasking, mask_row, mask_span
+
 if TYPE_CHECKING:
     from mlflow.entities import Trace
+
+    from mlflow_monitor_plugin.redaction import Masker
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +151,17 @@ def _root_io_text(value: Any) -> str | None:
     return _opt_text(value) if isinstance(value, str) or value is None else to_json_text(value)
 
 
-def trace_to_row(trace: Trace, exported_at_ms: int) -> dict[str, Any]:
+def trace_to_row(trace: Trace, exported_at_ms: int, masker: Masker | None = None) -> dict[str, Any]:
     """One export row (the columns of ``TABLE_SCHEMA``) from a full trace. Pure; never raises on
-    odd content: invalid text is replaced, unserializable values degrade to text."""
+    odd content: invalid text is replaced, unserializable values degrade to text. With a
+    ``masker``, the personal data its policy names is masked (export/masking.py)."""
     info = trace.info
     spans = trace.data.spans if trace.data is not None else []
-    spans_text = "[" + ",".join(_span_json(s) for s in spans) + "]"  # before anything else
-    return {
+    texts = [_span_json(s) for s in spans]  # before anything else
+    masking = RowMasking(masker) if masker is not None else None
+    if masking is not None and masking.covers("spans"):
+        texts = [mask_span(masking, text) for text in texts]
+    row = {
         "trace_id": info.trace_id,
         "client_request_id": _opt_text(info.client_request_id),
         "experiment_id": _opt_text(info.experiment_id),
@@ -167,16 +175,20 @@ def trace_to_row(trace: Trace, exported_at_ms: int) -> dict[str, Any]:
         "trace_metadata": _map(info.trace_metadata),
         "tags": _map(info.tags),
         "assessments": [_assessment_entry(a) for a in info.assessments or []],
-        "spans": spans_text,
+        "spans": "[" + ",".join(texts) + "]",
         "exported_at": exported_at_ms,
         "schema_version": EXPORT_SCHEMA_VERSION,
         PARTITION_COLUMN: partition_date(info.request_time),
     }
+    return row if masking is None else mask_row(masking, row)
 
 
-def traces_to_table(traces: Iterable[Trace], exported_at_ms: int) -> pa.Table:
+def traces_to_table(
+    traces: Iterable[Trace], exported_at_ms: int, masker: Masker | None = None
+) -> pa.Table:
     """The traces as a table of ``TABLE_SCHEMA`` (``ARROW_SCHEMA`` plus the ``date`` column)."""
-    return pa.Table.from_pylist([trace_to_row(t, exported_at_ms) for t in traces], TABLE_SCHEMA)
+    rows = [trace_to_row(t, exported_at_ms, masker) for t in traces]
+    return pa.Table.from_pylist(rows, TABLE_SCHEMA)
 
 
 def _unique(traces: Iterable[Trace]) -> list[Trace]:
