@@ -365,19 +365,22 @@ class Daemon:
         self,
         tracking_uri: str,
         experiment_id: str,
-        judge_url: str,
+        judge_url: str | None,
         cwd: Path,
         args: list[str],
         package: Path = REPO,
     ):
         """``package``: the source tree whose ``mlflow_monitor_plugin`` runs (another commit's
-        copy for a baseline)."""
-        env = base_env(
-            PYTHONPATH=str(package),
-            MLFLOW_TRACKING_URI=tracking_uri,
-            OPENAI_API_BASE=judge_url,  # already ends in /v1
-            OPENAI_API_KEY="sk-benchmark-not-a-key",
-        )
+        copy for a baseline); ``judge_url`` None: no judge key at all (gateway:/ judges)."""
+        judge = (
+            {"OPENAI_API_BASE": judge_url, "OPENAI_API_KEY": "sk-benchmark-not-a-key"}
+            if judge_url
+            else {}
+        )  # the URL already ends in /v1
+        env = base_env(PYTHONPATH=str(package), MLFLOW_TRACKING_URI=tracking_uri, **judge)
+        if not judge_url:
+            for name in ("OPENAI_API_BASE", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+                env.pop(name, None)
         self.started = time.time()
         self._log = open(cwd / "daemon.log", "ab")  # noqa: SIM115 - lives with the daemon
         start = ["-c", PREIMPORT_CODE] if os.environ.get(PREIMPORT_ENV) else ["-m", CLI_MODULE]

@@ -127,6 +127,7 @@ def test_the_monitors_judges_are_listed_in_mlflow_and_kept_in_step(gateway_exper
     assert listed["relevance_to_query"].sample_rate is None
     status = {r["judge"]: r["role"] for r in _status(exp)["mlflow_judges"]}
     assert status["safety"] == "the monitor's own judge, listed in MLflow"
+    assert status["relevance_to_query"].startswith("the monitor's own judge, listed in MLflow (")
     assert "not listed in MLflow: a code judge lives in the daemon's" in status["tone_check"]
 
     update_external_monitor(

@@ -234,8 +234,9 @@ def mlflow_judges(monitor: Any, tags: Any) -> list[dict[str, Any]]:
         if r.name in own:
             entry = mine.get(r.name) or {}
             ours = entry.get("scorer_id") == r.scorer_id and entry.get("version") == r.version
+            shown = "" if r.started else " (MLflow shows a rate for gateway:/ models only)"
             role = (
-                "the monitor's own judge, listed in MLflow"
+                f"the monitor's own judge, listed in MLflow{shown}"
                 if ours
                 else "changed in MLflow since the monitor listed it: the monitor runs its "
                 "own config (`mlflow monitor update` lists it again)"
@@ -246,8 +247,8 @@ def mlflow_judges(monitor: Any, tags: Any) -> list[dict[str, Any]]:
             role = f"unavailable: {built[r.name].unavailable}"
         else:
             role = "started in MLflow: run by the daemon"
-        rows.append({"judge": r.name, "definition": r.describe(), "version": r.version,
-                     "role": role})  # fmt: skip
+        rows.append({"judge": r.name, "definition": r.describe(sampling=r.name not in own),
+                     "version": r.version, "role": role})  # fmt: skip
     for name, why in (listed.get("problems") or {}).items():
         rows.append({"judge": name, "definition": "-", "version": None,
                      "role": f"the monitor's own judge, not listed in MLflow: {why}"})  # fmt: skip
@@ -413,7 +414,8 @@ def _epilogue(export_uri: str, skipped: list[str], report: Any) -> str:
     if skipped:
         lines.append(
             f"Skipped the LLM judges {', '.join(skipped)}: no judge endpoint is configured. "
-            "Set OPENAI_API_KEY (and OPENAI_API_BASE for an OpenAI-compatible server) to run them."
+            "Set OPENAI_API_KEY (and OPENAI_API_BASE for an OpenAI-compatible server), or give "
+            "them a gateway:/<endpoint> model of an MLflow server's AI Gateway, to run them."
         )
     lines.append(
         f"See the verdicts on each trace: run `mlflow ui --backend-store-uri "

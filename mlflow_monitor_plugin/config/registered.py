@@ -164,7 +164,7 @@ class RegisteredJudge:
             problem,
         )
 
-    def describe(self) -> str:
+    def describe(self, sampling: bool = True) -> str:
         """E.g. ``instructions judge, gateway:/judge, 40% of traces where tags.env = 'prod'``."""
         kinds = {"instructions": "LLM judge (instructions)", "aligned": "aligned LLM judge",
                  "code": "custom code", "third_party": "third-party scorer",
@@ -177,7 +177,7 @@ class RegisteredJudge:
             state = f"{self.sample_rate:.0%} of {'sessions' if self.session else 'traces'}"
             state += f" where {self.filter_string}" if self.filter_string else ""
         model = f", {self.model}" if self.model else ""
-        return f"{kind}{scope}{model}, {state}"
+        return f"{kind}{scope}{model}, {state}" if sampling else f"{kind}{scope}{model}"
 
 
 def _is_llm_builtin(cls: str | None) -> bool:
