@@ -22,7 +22,13 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.exceptions import ExportError
-from mlflow_monitor_plugin.observe.collect import Day, Judges, WindowReader, window_judges
+from mlflow_monitor_plugin.observe.collect import (
+    Day,
+    Judges,
+    WindowReader,
+    window_judges,
+    window_strata,
+)
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, window_metrics
@@ -102,6 +108,11 @@ def day_rows(
     return hourly, daily
 
 
+def _key_of(monitor: ExternalMonitor, judges: Judges) -> tuple[Any, ...]:
+    """What the windows in memory were read for: a change reads them again."""
+    return monitor.monitor_id, judges, tuple(sorted(window_strata(monitor).items()))
+
+
 class QualityTracker:
     """Keeps one monitor's recent days in memory and publishes their windows."""
 
@@ -123,7 +134,7 @@ class QualityTracker:
         self._wall = wall
         self._stale_marker = stale_marker  # the days a backfill changed (see ``refresh``)
         self._stale_at: Any = None
-        self._key: tuple[str, Judges] | None = None
+        self._key: tuple[Any, ...] | None = None
         self.days: dict[int, Day] = {}
         self._unexported: set[int] = set()
         self._reader: WindowReader | None = None
@@ -138,8 +149,8 @@ class QualityTracker:
         self._followed_ms: int | None = None  # all_shards: the slowest cursor, last update
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
-        """A new monitor, or its judges or rates changed: start from the store again."""
-        self._key = (monitor.monitor_id, judges)
+        """A new monitor, or its judges, rates or strata changed: start from the store again."""
+        self._key = _key_of(monitor, judges)
         self.days.clear()
         self._unexported.clear()
         self._reader = WindowReader(
@@ -148,6 +159,7 @@ class QualityTracker:
             judges,
             self.settings.max_failed_passes,
             rate_of=self._rate_of,
+            strata=window_strata(monitor),
         )
         self._run = MetricsRun(self.client, self.experiment_id, monitor.monitor_id)
 
@@ -179,7 +191,7 @@ class QualityTracker:
         touched, self._pending = self._pending, {}
         specs = monitor_judges(monitor)
         judges = tuple((j.name, j.rate) for j in specs if not j.session)
-        if self._key != (monitor.monitor_id, judges):
+        if self._key != _key_of(monitor, judges):
             self._reset(monitor, judges)
         self._budgeted = frozenset(j.name for j in specs if j.is_llm)
         self._schedule = schedule_of(
@@ -255,7 +267,7 @@ class QualityTracker:
         twice). Returns the points charted."""
         wall_ms = int(self._wall() * 1000)
         judges = window_judges(monitor)
-        if self._key != (monitor.monitor_id, judges):
+        if self._key != _key_of(monitor, judges):
             self._reset(monitor, judges)
         assert self._reader is not None and self._run is not None
         for start in day_starts:
