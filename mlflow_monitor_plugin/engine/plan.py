@@ -22,7 +22,7 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.prices import PriceBook
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
-from mlflow_monitor_plugin.discovery.strata import draw, filters_of
+from mlflow_monitor_plugin.discovery.strata import DEFAULT_STRATUM, draw, filters_of
 from mlflow_monitor_plugin.engine.budget import priced
 from mlflow_monitor_plugin.engine.strata import StratumPlan, strata_rows, verdicts_by_judge
 from mlflow_monitor_plugin.scoring import usage
@@ -181,6 +181,9 @@ def plan(
     specs = [j for j in monitor_judges(monitor) if not j.unavailable]
     specs = priced([j for j in specs if not j.session], monitor, book)
     plans = {j.name: JudgePlan(j.name, j.rate, j.is_llm, j.model, exact=existing) for j in specs}
+    for j in specs:  # a stratified judge's strata in the order they are tried, default last
+        order = [(s.name, s.sample_rate) for s in j.strata] + [(DEFAULT_STRATUM, j.rate)]
+        plans[j.name].strata = {n: StratumPlan(n, r) for n, r in order} if j.strata else {}
     since = now_ms - over_ms
     samples: dict[str, list[str]] = {j.name: [] for j in specs}
     for page in source.infos_after(Checkpoint(since, ""), 500, now_ms):
@@ -195,9 +198,7 @@ def plan(
                 p = plans[judge.name]
                 p.traces += 1
                 name, rate = draw(info, judge.strata, judge.rate, matching)
-                stratum = (
-                    p.strata.setdefault(name, StratumPlan(name, rate)) if judge.strata else None
-                )
+                stratum = p.strata.get(name)
                 if stratum is not None:
                     stratum.traces += 1
                     if judge.name in judged:
