@@ -2,8 +2,11 @@
 
 Runs the demo into a temporary store, serves that store with ``mlflow server`` on 127.0.0.1, and
 captures the experiment's Traces tab and one trace's Assessments panel with headless Chromium
-(Debian's ``chromium`` package, driven by Playwright: ``pip install ".[screenshots]"``). It fails
-if the pictures would not show the verdicts' source names. Rerunnable; not part of the tests.
+(Debian's ``chromium`` package, driven by Playwright: ``pip install ".[screenshots]"``). Then it
+gives the server an AI Gateway endpoint (the fake judge behind it), points the demo monitor's
+LLM judges at it (``gateway:/judge``), and captures the experiment's Judges page listing them
+with their sample rates. It fails if the pictures would not show the verdicts' source names or
+the judges. Rerunnable; not part of the tests.
 
     python scripts/screenshot_ui.py                # the demo as a first run without a judge key
     python scripts/screenshot_ui.py --llm fake     # LLM judges answered by tests/fake_judge.py
@@ -36,6 +39,10 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 JUDGE_ENVS = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL")
 DEMO_EXPERIMENT = "mlflow-monitor-demo"
+GATEWAY_ENV = {  # the server's AI Gateway may call the fake judge on loopback
+    "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES": "http,https",
+}
 TRACE_TEXT = "jane.doe@example.com"  # the example app's question that pii_detection flags
 TIMEOUT_MS = 180_000  # the UI's first load is slow on a busy machine
 
@@ -186,6 +193,54 @@ def _widen_assessments(page: Page, pixels: int) -> None:
     page.mouse.up()
 
 
+def capture_judges(url: str, experiment_id: str, out: Path, width: int, height: int) -> Path:
+    """The experiment's Judges page, after its LLM judges moved to a gateway endpoint."""
+    from playwright.sync_api import expect, sync_playwright
+
+    png = out / "ui-judges.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(f"{url}/#/experiments/{experiment_id}/judges")
+            expect(page.get_by_text("Sample rate").first).to_be_visible()
+            for name in ("safety", "mlflow_only", "pii_detection"):
+                expect(page.get_by_text(name, exact=True).first).to_be_visible()
+            assistant = page.get_by_role("button", name="Close", exact=True)
+            if assistant.count():
+                assistant.first.click()
+            page.wait_for_timeout(500)
+            page.screenshot(path=png)
+        finally:
+            browser.close()
+    return png
+
+
+def use_gateway(url: str, experiment_id: str) -> contextlib.AbstractContextManager[None]:
+    """An endpoint ``judge`` on the server's AI Gateway, the fake judge behind it, and the
+    demo monitor's LLM judges on ``gateway:/judge`` (so MLflow lists them started)."""
+
+    @contextlib.contextmanager
+    def using() -> Iterator[None]:
+        sys.path.insert(0, str(ROOT))
+        import mlflow
+
+        from mlflow_monitor_plugin import get_external_monitor, update_external_monitor
+        from tests.fake_judge import FakeJudge
+        from tests.gateway import create_endpoint
+
+        with FakeJudge() as judge:
+            endpoint = create_endpoint(url, judge.url, name="judge")
+            mlflow.set_tracking_uri(url)
+            monitor = get_external_monitor(experiment_id=experiment_id)
+            suite = {**monitor.assessments_config.to_dict(), "model": f"gateway:/{endpoint}"}
+            update_external_monitor(experiment_id=experiment_id, assessments_config=suite)
+            yield
+
+    return using()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
@@ -211,12 +266,15 @@ def main() -> None:
         from mlflow.tracking import MlflowClient
 
         experiment = MlflowClient(store).get_experiment_by_name(DEMO_EXPERIMENT)
-        server_env = {**env, "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}
+        server_env = {**env, "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1", **GATEWAY_ENV}
         server_env.pop("MLFLOW_TRACKING_URI")
         args.out.mkdir(parents=True, exist_ok=True)
         with mlflow_server(store, workdir, server_env) as url:
-            for png in capture(url, experiment.experiment_id, args.out, args.width, args.height):
+            exp = experiment.experiment_id
+            for png in capture(url, exp, args.out, args.width, args.height):
                 print(png)
+            with use_gateway(url, exp):
+                print(capture_judges(url, exp, args.out, args.width, args.height))
     finally:
         if args.keep:
             print(f"store kept in {workdir}", file=sys.stderr)

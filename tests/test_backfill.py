@@ -244,7 +244,8 @@ def test_backfill_of_an_llm_judge_without_endpoint_says_how_to_configure(
         monkeypatch.delenv(name, raising=False)
     m = create_external_monitor(catalog_name="w", schema_name="d", assessments_config=NEW)
     result = run("backfill", "-x", m.experiment_id, "--since", "1d", code=1)
-    assert "No judge endpoint is configured for safety: set OPENAI_API_KEY" in result.output
+    assert "No judge endpoint for safety: no judge endpoint in the daemon's" in result.output
+    assert "set OPENAI_API_KEY" in result.output
 
 
 # -- crash and concurrency ---------------------------------------------------------------------

@@ -201,3 +201,33 @@ def test_mlflow_keeps_a_second_point_for_a_changed_value_at_the_same_step(tracki
     assert [p.value for p in client.get_metric_history(run_id, "m")] == [0.5]
     client.log_batch(run_id, metrics=[Metric("m", 0.75, 1_000, 1)])
     assert sorted(p.value for p in client.get_metric_history(run_id, "m")) == [0.5, 0.75]
+
+
+def test_a_judges_pass_rate_is_charted_with_its_first_verdicts_as_a_rolling_hour(
+    sqlite_experiment_id, fake_judge
+):
+    """Issue 24: the experiment's charts show quality minutes after the monitor starts, not an
+    hour after its first window closes: the rolling hour is charted at the pass that wrote the
+    first verdicts, at its own time, once per update, never twice at one step."""
+    now = int(time.time() * 1000)
+    unsafe = {log_at(now - 50 * 60_000 + i * 1000, "UNSAFE" if i < 3 else "fine") for i in range(8)}
+    log_at(now - 2 * HOUR_MS, "fine")  # an older hour: in no rolling point of the last hour
+    create_external_monitor(
+        catalog_name="w", schema_name="d", assessments_config={"assessments": [{"name": "safety"}]}
+    )
+    engine = MonitorEngine.create(sqlite_experiment_id, SETTINGS)
+    engine.run_pass()
+    _, rates = metric_points(sqlite_experiment_id, "safety/pass_rate_rolling_1h")
+    _, counts = metric_points(sqlite_experiment_id, "safety/verdicts_rolling_1h")
+    assert [p.value for p in rates] == [5 / 8] and [p.value for p in counts] == [8]
+    assert abs(rates[0].timestamp - time.time() * 1000) < 60_000  # at the update, not the hour
+    assert len(unsafe) == 8
+    _, settled = metric_points(sqlite_experiment_id, "safety/pass_rate")
+    # only the older hour has settled; the last hour's windows are charted when they settle
+    assert [p.step for p in settled] == [window_start(now - 2 * HOUR_MS, HOUR_MS) // 1000]
+    time.sleep(1.1)
+    log_at(int(time.time() * 1000), "fine")
+    engine.run_pass()  # a new verdict: an update, a point at a new step
+    engine.run_pass()  # nothing new, and the same second at most: no point twice at one step
+    _, rates = metric_points(sqlite_experiment_id, "safety/pass_rate_rolling_1h")
+    assert [p.value for p in rates][-1] == 6 / 9 and len({p.step for p in rates}) == len(rates)

@@ -147,4 +147,138 @@ def _status(experiment_id):
 
     out = CliRunner().invoke(monitor, ["status", "-x", experiment_id, "--output", "json"])
     assert out.exit_code == 0, out.output
-    return json.loads(out.output)
+    return json.loads(out.stdout)  # MLflow logs to stderr
+
+
+def test_a_missing_gateway_endpoint_is_error_feedback_naming_it_and_the_rest_runs(
+    gateway_experiment,
+):
+    exp, _, model = gateway_experiment
+    ids = log_traces(3, retriever=False)
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d",
+        assessments_config={"assessments": [{"name": "safety", "model": "gateway:/no-such-ep"},
+                                            {"name": "fluency", "model": model}]},
+    )  # fmt: skip
+    stats = _pass(exp)
+    assert stats.judges["fluency"]["scored"] == 3 and stats.judges["safety"]["scored"] == 0
+    for trace in mlflow.search_traces(locations=[exp], return_type="list", include_spans=False):
+        (error,) = [a for a in trace.info.assessments if a.name == "safety"]
+        assert "no-such-ep" in error.error.error_message  # names the endpoint
+    assert len(_verdicts(exp, m.monitor_id)) == len(ids)  # fluency's, one each
+
+
+def test_a_registered_judge_that_cannot_be_loaded_is_listed_unavailable_never_a_crash(
+    gateway_experiment, mlflow_server
+):
+    exp, _, model = gateway_experiment
+    log_traces(2, retriever=False)
+    future = {"name": "future_judge", "mlflow_version": "9.0.0", "serialization_version": 2,
+              "builtin_scorer_class": "FutureJudge", "new_field": 1,
+              "builtin_scorer_pydantic_data": {"name": "future_judge", "model": model}}  # fmt: skip
+    ajax = "/ajax-api/3.0/mlflow/scorers"
+    from tests.gateway import call
+
+    call(
+        mlflow_server.url,
+        "POST",
+        f"{ajax}/register",
+        {"experiment_id": exp, "name": "future_judge", "serialized_scorer": json.dumps(future)},
+    )
+    call(mlflow_server.url, "PUT", f"{ajax}/online-config",
+         {"experiment_id": exp, "name": "future_judge", "sample_rate": 1.0})  # fmt: skip
+    m = create_external_monitor(
+        catalog_name="w",
+        schema_name="d",
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )
+    stats = _pass(exp)
+    assert stats.judges["pii_detection"]["scored"] == 2 and "future_judge" not in stats.judges
+    roles = {r["judge"]: r["role"] for r in _status(exp)["mlflow_judges"]}
+    assert roles["future_judge"].startswith("unavailable: MLflow cannot load its definition")
+    assert "FutureJudge" in roles["future_judge"]
+    judges = {r["judge"]: r for r in _status(exp)["judges"]}
+    assert judges["future_judge"]["unavailable"] and judges["future_judge"]["origin"] == "mlflow"
+    assert m.monitor_id
+
+
+def test_a_judge_deleted_in_mlflow_while_its_calls_are_in_flight_loses_and_doubles_nothing(
+    gateway_experiment, mlflow_server
+):
+    import threading
+
+    exp, judge, model = gateway_experiment
+    judge.behaviour.latency_s = 0.3
+    ids = log_traces(12, retriever=False)
+    register_ui_judge(mlflow_server.url, exp, "polite_ui", "Is {{ outputs }} polite?", model)
+    m = create_external_monitor(
+        catalog_name="w",
+        schema_name="d",
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )
+    running = threading.Thread(target=_pass, args=(exp,))
+    running.start()
+    assert _wait(lambda: judge.count("ok") > 0, 60)
+    mlflow.genai.scorers.delete_scorer(name="polite_ui", experiment_id=exp, version="all")
+    running.join(120)
+    more = log_traces(3, retriever=False, prefix="after")
+    _pass(exp)  # the judge is gone: not run again; what was in flight was written once
+    found = _verdicts(exp, m.monitor_id)
+    polite = [t for t in ids if (t, "polite_ui") in found]
+    assert all(len(found[(t, "polite_ui")]) == 1 for t in polite)
+    assert len(polite) == judge.count("ok")  # every answered call has its verdict, once
+    assert not any((t, "polite_ui") in found for t in more)
+    assert all(len(found[(t, "pii_detection")]) == 1 for t in ids + more)
+
+
+def _wait(condition, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_loses_or_doubles_a_registered_judges_verdict(
+    gateway_experiment, mlflow_server, tmp_path
+):
+    import random
+    import signal
+
+    from tests.survival import audit, expected_pairs, run_cli, start_daemon, wait_until
+
+    exp, judge, model = gateway_experiment
+    judge.behaviour.latency_s = 0.05
+    register_ui_judge(mlflow_server.url, exp, "polite_ui", "Is {{ outputs }} polite?", model,
+                      sample_rate=0.5)  # fmt: skip
+    m = create_external_monitor(
+        catalog_name="w",
+        schema_name="d",
+        export_uri=str(tmp_path / "x"),
+        assessments_config={"assessments": [{"name": "pii_detection"}]},
+    )
+    rates = {"polite_ui": 0.5, "pii_detection": 1.0}
+    ids = log_traces(60, retriever=False, prefix="base")
+    rng, killed = random.Random(24), 0
+    for n in range(4):
+        ids += log_traces(8, retriever=False, prefix=f"r{n}-")
+        daemon = start_daemon(tmp_path / "daemon.log", "-x", exp, "--interval", "1")
+        try:
+            calls = judge.count("ok")
+            wait_until(lambda c=calls: judge.count("ok") > c, 30, every_s=0.02)
+            time.sleep(rng.uniform(0.0, 1.0))
+            assert daemon.process.poll() is None, daemon.log()[-3000:]
+            daemon.process.send_signal(signal.SIGKILL)
+        finally:
+            daemon.kill()
+        pending = set(expected_pairs(ids, m.monitor_id, rates)) - set(
+            audit(exp, m.monitor_id).complete
+        )
+        killed += bool(pending)
+    result = run_cli("run", "-x", exp, "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = audit(exp, m.monitor_id)
+    assert found.complete == expected_pairs(ids, m.monitor_id, rates)
+    assert not found.partial and not found.errors and killed >= 2

@@ -75,7 +75,6 @@ def registered_rows(experiment_id: str) -> list[dict[str, Any]]:
 @click.option(
     "-x",
     "--experiment-id",
-    envvar="MLFLOW_EXPERIMENT_ID",
     help="Also list the judges registered in MLflow on this experiment (its Judges page), "
     "which a monitor there runs when they are started.",
 )

@@ -477,7 +477,7 @@ def _print_rows(rows: list[dict[str, Any]], output: str, columns: list[str]) -> 
     table = Table(*columns)
     for row in rows:
         table.add_row(*(_cell(row.get(c, "")) for c in columns))
-    Console(file=sys.stdout, width=160).print(table)
+    Console(file=sys.stdout, width=200).print(table)
 
 
 def _cell(value: Any) -> str:

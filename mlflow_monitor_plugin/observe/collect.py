@@ -138,12 +138,27 @@ class Day:
     start_ms: int
     hours: dict[int, dict[str, dict[str, Outcome]]] = field(default_factory=dict)
     _tallies: dict[int, dict[str, Tally]] = field(default_factory=dict)
+    stamps: dict[str, int] = field(default_factory=dict)  # each trace's request time
 
     def put(self, timestamp_ms: int, trace_id: str, by_judge: dict[str, Outcome]) -> int:
         hour = window_start(timestamp_ms, HOUR_MS)
         self.hours.setdefault(hour, {})[trace_id] = by_judge
+        self.stamps[trace_id] = timestamp_ms
         self._tallies.pop(hour, None)
         return hour
+
+    def between(self, from_ms: int, until_ms: int, judges: Judges) -> dict[str, Tally]:
+        """The tallies of the traces whose request time is in ``[from_ms, until_ms)``."""
+        found = {name: Tally() for name, _ in judges}
+        for hour, traces in self.hours.items():
+            if hour + HOUR_MS <= from_ms or hour >= until_ms:
+                continue
+            for trace_id, by_judge in traces.items():
+                if from_ms <= self.stamps.get(trace_id, hour) < until_ms:
+                    for name, _ in judges:
+                        if name in by_judge:
+                            found[name].add(by_judge[name])
+        return found
 
     def hour_tallies(self, hour: int, judges: Judges) -> dict[str, Tally]:
         if hour not in self._tallies:
@@ -232,3 +247,13 @@ class WindowReader:
             for trace_id, by_judge in traces.items()
             if trace_id in wanted
         }
+
+
+def last_hour(days: dict[int, Day], judges: Judges, now_ms: int) -> dict[str, Tally]:
+    """Each judge's tally over the traces whose request time is in the hour up to ``now_ms``."""
+    total = {name: Tally() for name, _ in judges}
+    for start, day in days.items():
+        if start + DAY_MS > now_ms - HOUR_MS and start <= now_ms:
+            for name, part in day.between(now_ms - HOUR_MS, now_ms + 1, judges).items():
+                total[name] = total[name].merge(part)
+    return total

@@ -1,11 +1,13 @@
 """The monitor's windows as MLflow metrics, on one run per monitor in the monitored experiment.
 
 Each window is one point: timestamp = window start (ms), step = window start (s), names like
-``safety/pass_rate`` (hourly) and ``safety/pass_rate_1d`` (daily). MLflow keeps a metric's
-history append-only (a row is keyed by its value too, and no API deletes one), so a changed
-value would add a second point at the same step. A window is therefore charted once, when it
-has settled (see ``windows.settled``); the run's tag ``mlflow_monitor.windows_written`` lists
-the recent windows already charted so a restarted daemon never charts one twice. The quality
+``safety/pass_rate`` (hourly) and ``safety/pass_rate_1d`` (daily). Beside them, at each
+update, ``safety/pass_rate_rolling_1h``: the last hour's rate as of then (``rolling_metrics``).
+MLflow keeps a metric's history append-only (a row is keyed by its value too, and no API
+deletes one), so a changed value would add a second point at the same step. A window is
+therefore charted once, when it has settled (see ``windows.settled``); the run's tag
+``mlflow_monitor.windows_written`` lists the recent windows already charted so a restarted
+daemon never charts one twice. The quality
 dataset and ``mlflow monitor report`` always carry the latest numbers.
 """
 
@@ -40,6 +42,26 @@ CHARTED = (
 )
 _BATCH = 1000  # MLflow's limit of metrics per log_batch
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+# The rolling hour: each judge's pass rate over the traces of the last 60 minutes (request
+# time) as of each windows update, at the update's time: a chart within minutes, provisional
+# (late verdicts move it); the settled hourly points above are the numbers of record.
+ROLLING_RATE, ROLLING_VERDICTS = "pass_rate_rolling_1h", "verdicts_rolling_1h"
+
+
+def rolling_metrics(tallies: dict[str, Any], wall_ms: int) -> list[Metric]:
+    """The rolling-hour points of the judges with verdicts (``tallies``: judge -> Tally of the
+    last hour), timestamp and step the update's time."""
+    points = []
+    for judge, tally in tallies.items():
+        judged = tally.passed + tally.failed
+        if judged:
+            for name, value in ((ROLLING_RATE, tally.passed / judged), (ROLLING_VERDICTS, judged)):
+                points.append(
+                    Metric(metric_key(judge, name, "1h"), value, wall_ms, wall_ms // 1000)
+                )
+    return points
 
 
 def run_name(monitor_id: str) -> str:

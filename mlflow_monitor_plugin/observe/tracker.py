@@ -26,12 +26,13 @@ from mlflow_monitor_plugin.observe.collect import (
     Day,
     Judges,
     WindowReader,
+    last_hour,
     window_judges,
     window_strata,
 )
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
-from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, window_metrics
+from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, rolling_metrics, window_metrics
 from mlflow_monitor_plugin.observe.spend import RateSchedule, budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
@@ -147,6 +148,8 @@ class QualityTracker:
         self._schedule = RateSchedule()  # a daily budget's steps (observe/spend.py)
         self._budgeted: frozenset[str] = frozenset()  # the judges a budget lowers: LLM ones
         self._followed_ms: int | None = None  # all_shards: the slowest cursor, last update
+        self._rolling_step = 0  # the step of the last rolling-hour point (seconds)
+        self._rolling_charted: set[str] = set()  # judges with a rolling-hour point already
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
         """A new monitor, or its judges, rates or strata changed: start from the store again."""
@@ -179,10 +182,15 @@ class QualityTracker:
             self.live.traces_exported.labels(self.experiment_id).inc(stats.exported)
         self._pending.update(touched)
         every_ms = self.settings.update_every_s * 1000
+        first_verdicts = any(  # a judge's first verdicts are charted at once (rolling hour)
+            counts.get("scored") and name not in self._rolling_charted
+            for name, counts in getattr(stats, "judges", {}).items()
+        )
         due = (
             self._updated_ms is None
             or now_ms - self._updated_ms >= every_ms
             or (self._pending and not touched)
+            or first_verdicts
         )
         if not due:
             return
@@ -362,6 +370,17 @@ class QualityTracker:
                 return
             self._unexported.discard(start)
 
+    def _rolling(self, judges: Judges, now_ms: int, wall_ms: int) -> list[Metric]:
+        """The rolling-hour points of this update (observe/mlflow_run.py: ``rolling_metrics``),
+        one update per second at most."""
+        if wall_ms // 1000 <= self._rolling_step:
+            return []
+        points = rolling_metrics(last_hour(self.days, judges, now_ms), wall_ms)
+        if points:
+            self._rolling_step = wall_ms // 1000
+            self._rolling_charted |= {p.key.rsplit("/", 1)[0] for p in points}
+        return points
+
     def _settled_rows(
         self, monitor: ExternalMonitor, judges: Judges, cursor_ms: int | None, now_ms: int
     ) -> list[dict[str, Any]]:
@@ -401,6 +420,7 @@ class QualityTracker:
             self._run_checked_ms = wall_ms
         self._run.run_id()  # resolve the run (and what it already charted) before filtering
         rows = self._settled_rows(monitor, judges, cursor.timestamp_ms if cursor else None, now_ms)
+        extra += self._rolling(judges, now_ms, wall_ms)
         if not rows and not extra:
             return
         keep_after = now_ms - int(self.settings.late_window_s * 1000) - 2 * DAY_MS

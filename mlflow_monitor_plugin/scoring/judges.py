@@ -214,10 +214,14 @@ def build_registered(judges: Any, taken: Any = ()) -> list[JudgeSpec]:
 def _loads(make: ScorerFactory) -> str | None:
     """None when MLflow builds the stored scorer, else why not (an unknown class, a newer
     format): listed as unavailable, never a crash of the pass."""
+    quiet = logging.getLogger("mlflow.genai.scorers.base")  # its complaint is ours to say
+    level, quiet.level = quiet.level, logging.CRITICAL
     try:
         make()
     except Exception as e:
         return f"MLflow cannot load its definition: {type(e).__name__}: {str(e)[:300]}"
+    finally:
+        quiet.setLevel(level)
     return None
 
 
