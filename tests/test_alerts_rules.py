@@ -3,6 +3,8 @@ and a seeded simulation of a healthy but noisy sampled stream counting false ala
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import random
 
@@ -20,6 +22,7 @@ from mlflow_monitor_plugin.alerts.incidents import (
 )
 from mlflow_monitor_plugin.alerts.stats import WindowStats, wilson_interval, window_start_ms
 from mlflow_monitor_plugin.config.alerts import parse_alert_spec, parse_duration, rules_from
+from mlflow_monitor_plugin.observe.estimate import Cell
 
 HOUR = 3_600_000
 
@@ -254,3 +257,60 @@ def test_noisy_healthy_stream_rarely_alarms_and_a_real_drop_is_caught():
     assert honest <= 0.01 * windows, honest
     assert naive >= 0.25 * windows, naive  # "sampled rate < 95%" fires on luck
     assert _windows_that_fire(0.5, rng, 20, naive=False) == 20
+
+
+# -- the same simulation, stratified (config/strata.py) ------------------------------------
+# (stratum, share of traces, pass rate, sample rate): errors and slow traces fail more and are
+# sampled more; the whole stream passes 97.4%, above the rule's 95%
+HEALTHY_STRATA = [("errors", 0.03, 0.80, 1.0), ("slow", 0.07, 0.90, 0.5),
+                  ("default", 0.90, 0.985, 0.1)]  # fmt: skip
+
+
+def _stratified_windows_that_fire(
+    strata: list[tuple[str, float, float, float]],
+    rng: random.Random,
+    windows: int,
+    weighted: bool,
+) -> int:
+    """Windows of ~1000 traces sampled per stratum, judged after every verdict as they fill,
+    then once complete; ``weighted``: the window carries its cells (observe/estimate.py), as
+    the alerts' store source gives them, else only its counts (the sample's own rate)."""
+    r = rule(min_verdicts=30)
+    cumulative = [sum(s[1] for s in strata[: i + 1]) for i in range(len(strata))]
+    fired = 0
+    for w in range(windows):
+        cells = {name: Cell(name, rate) for name, _, _, rate in strata}
+        passes = verdicts = 0
+        hit = False
+        for _ in range(rng.randint(600, 1400)):
+            name, _, pass_rate, rate = strata[bisect.bisect(cumulative, rng.random() * 0.999999)]
+            sampled, ok = rng.random() < rate, rng.random() < pass_rate
+            cells[name].add(sampled, "pass" if ok else "fail")
+            if not sampled:
+                continue
+            passes, verdicts = passes + ok, verdicts + 1
+            stats = dataclasses.replace(
+                window(passes, verdicts, start=w * HOUR, rate=0.1),
+                cells=tuple(cells.values()) if weighted else (),
+            )
+            hit = hit or evaluate(r, stats, None).breach
+        final = dataclasses.replace(
+            window(passes, verdicts, start=w * HOUR, rate=0.1),
+            cells=tuple(cells.values()) if weighted else (),
+        )
+        hit = hit or evaluate(r, None, final).breach
+        fired += hit
+    return fired
+
+
+def test_stratified_healthy_stream_rarely_alarms_when_weighted_and_a_drop_is_caught():
+    rng = random.Random(20261206)
+    windows = 300
+    honest = _stratified_windows_that_fire(HEALTHY_STRATA, rng, windows, weighted=True)
+    unweighted = _stratified_windows_that_fire(HEALTHY_STRATA, rng, windows, weighted=False)
+    print(f"stratified: false alarms over {windows} windows: {honest} (unweighted: {unweighted})")
+    assert honest <= 0.01 * windows, honest
+    assert unweighted >= 0.2 * windows, unweighted  # the enriched sample's own rate is ~93%
+    dropped = [(n, share, 0.70 if n == "default" else p, rate)
+               for n, share, p, rate in HEALTHY_STRATA]  # fmt: skip
+    assert _stratified_windows_that_fire(dropped, rng, 20, weighted=True) == 20

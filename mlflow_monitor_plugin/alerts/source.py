@@ -22,7 +22,8 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.tags import NAMESPACE
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.discovery.traces import TraceSource
-from mlflow_monitor_plugin.observe.collect import outcomes
+from mlflow_monitor_plugin.observe.collect import draws_of, outcomes, window_strata
+from mlflow_monitor_plugin.observe.estimate import Cell
 from mlflow_monitor_plugin.scoring.feedback import MONITOR_KEY
 
 __all__ = ["MONITOR_KEY", "StoreWindows", "judge_rate"]
@@ -78,13 +79,21 @@ class StoreWindows:
         judges = ((judge, rate),) if judge else ()
         counts = {"traces": 0, "sampled": 0, "pass": 0, "fail": 0, "error": 0}
         failing: list[str] = []
+        cells: dict[tuple[str | None, float | None], Cell] = {}  # a stratified judge's
+        strata = window_strata(monitor) if judge else {}
         source = TraceSource(self.experiment_id, self.client)
         for page in source.infos_after(Checkpoint(start_ms, ""), PAGE, start_ms + width_ms):
-            for info in page:
+            draws = draws_of(source, page, strata, judges)
+            for info, drawn in zip(page, draws, strict=True):
                 counts["traces"] += 1
                 if judge is None:
                     continue
-                outcome = outcomes(info, monitor.monitor_id, judges, MAX_FAILED_PASSES)[judge]
+                outcome = outcomes(
+                    info, monitor.monitor_id, judges, MAX_FAILED_PASSES, draws=drawn
+                )[judge]
+                if drawn is not None:
+                    key = (outcome.stratum, outcome.rate)
+                    cells.setdefault(key, Cell(*key)).add(outcome.sampled, outcome.kind)
                 if not outcome.sampled:
                     continue
                 counts["sampled"] += 1
@@ -104,6 +113,7 @@ class StoreWindows:
             errors=counts["error"],
             sample_rate=rate,
             failing_trace_ids=tuple(failing),
+            cells=tuple(cells.values()),
         )
 
     def lag_seconds(self, monitor: ExternalMonitor, tags: dict[str, str]) -> float | None:

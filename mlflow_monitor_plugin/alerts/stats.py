@@ -5,15 +5,19 @@ judge): counts of one (monitor, judge, window) and the rates derived from them. 
 from a sample of the window's traces; since the sample is drawn by a hash independent of the
 outcome, the sample's pass rate estimates the rate of the whole population of traces, and its
 Wilson interval is that rate's interval. The sample rate sets how many verdicts there are, and
-so how wide the interval is, and scales the estimated number of failing traces.
+so how wide the interval is, and scales the estimated number of failing traces. Where the
+window's traces were sampled at different rates (strata, config/strata.py), ``cells`` hold
+their counts per stratum and rate, and the rate and its interval are the weighted ones of
+observe/estimate.py (without the finite population correction: an alert judges the process).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from statistics import NormalDist
 
+from mlflow_monitor_plugin.observe.estimate import Cell, Estimate, stratified
 from mlflow_monitor_plugin.observe.windows import wilson_effective
 
 
@@ -47,13 +51,24 @@ class Rate:
     successes: int
     n: int
     confidence: float
+    cells: tuple[Cell, ...] = field(default=(), compare=False)  # weighted when several
+
+    @cached_property
+    def _weighted(self) -> Estimate | None:
+        if len(self.cells) < 2:
+            return None
+        return stratified(self.cells, z_score(self.confidence), finite=False)
 
     @property
     def value(self) -> float | None:
+        if self._weighted is not None:
+            return self._weighted.pass_rate
         return self.successes / self.n if self.n else None
 
     @cached_property
     def interval(self) -> tuple[float, float]:
+        if self._weighted is not None:
+            return self._weighted.low, self._weighted.high
         return wilson_interval(self.successes, self.n, self.confidence)
 
     @property
@@ -87,6 +102,8 @@ class WindowStats:
     sample_rate: float = 1.0
     lag_seconds: float | None = None
     failing_trace_ids: tuple[str, ...] = ()
+    # per stratum and inclusion probability (observe/estimate.py), when sampled unevenly
+    cells: tuple[Cell, ...] = field(default=(), compare=False)
 
     @property
     def end_ms(self) -> int:
@@ -97,8 +114,9 @@ class WindowStats:
         return self.verdicts - self.passes
 
     def pass_rate(self, confidence: float = 0.95) -> Rate:
-        """The population pass rate, from the sampled verdicts."""
-        return Rate(self.passes, self.verdicts, confidence)
+        """The population pass rate, from the sampled verdicts (weighted by their inclusion
+        probability when the window holds several)."""
+        return Rate(self.passes, self.verdicts, confidence, self.cells)
 
     def error_rate(self, confidence: float = 0.95) -> Rate:
         """The share of judge calls that ended in an error."""
@@ -106,5 +124,8 @@ class WindowStats:
 
     @property
     def estimated_failing(self) -> float:
-        """Failing traces in the whole window: failing verdicts over the sample rate."""
+        """Failing traces in the whole window: failing verdicts over the sample rate (each over
+        its own inclusion probability when the window holds several)."""
+        if len(self.cells) > 1 and (weighted := stratified(self.cells, finite=False)):
+            return weighted.estimated_failing
         return self.failures / self.sample_rate if self.sample_rate > 0 else 0.0

@@ -23,6 +23,7 @@ from mlflow_monitor_plugin.cli import run as cli_run
 from mlflow_monitor_plugin.cli.cost import cost_for_cli, cost_options
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.cli.pii import pii_for_cli, pii_options
+from mlflow_monitor_plugin.cli.strata import stratum_option, with_strata
 from mlflow_monitor_plugin.config import api
 from mlflow_monitor_plugin.config.model import AssessmentsSuiteConfig, ExternalMonitor
 
@@ -161,6 +162,7 @@ def monitor() -> None:
 @click.option("--schema-name", default="default", show_default=True, help="Export schema.")
 @click.option("--export-uri", help="Export location: a local path or a URI pyarrow understands.")
 @suite_options
+@stratum_option
 @cli_alerts.alert_option
 @cost_options
 @pii_options
@@ -179,6 +181,7 @@ def create_command(
     sample: float | None,
     model: str | None,
     paused: bool,
+    strata_specs: tuple[str, ...],
     alert_specs: tuple[str, ...],
     daily_budget_usd: str | None,
     call_cost_usd: str | None,
@@ -202,10 +205,13 @@ def create_command(
       mlflow monitor create -x 1 --judge safety --alert "safety.pass_rate<0.95 over 1h"
       mlflow monitor create -x 1 --judge safety --daily-budget-usd 5 --plan
       mlflow monitor create -x 1 --judge safety --pii standard --pii-mode hash
+      mlflow monitor create -x 1 --judge safety --sample 0.02 \\
+        --stratum "errors=trace.status = 'ERROR'@1" \\
+        --stratum "slow=trace.execution_time_ms > 5000@0.5"
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
-        build_suite(data, judges, guidelines, sample, model, paused)
+        with_strata(build_suite(data, judges, guidelines, sample, model, paused), strata_specs)
     )
     file_args = data or {}
     cost = cost_for_cli(data, None, daily_budget_usd, call_cost_usd, prices, pace)
@@ -247,6 +253,7 @@ def get_command(experiment_id: str | None, experiment_name: str | None, output: 
 @monitor.command("update")
 @experiment_options
 @suite_options
+@stratum_option
 @cli_alerts.alert_option
 @cost_options
 @pii_options
@@ -262,6 +269,7 @@ def update_command(
     sample: float | None,
     model: str | None,
     paused: bool,
+    strata_specs: tuple[str, ...],
     alert_specs: tuple[str, ...],
     daily_budget_usd: str | None,
     call_cost_usd: str | None,
@@ -289,7 +297,7 @@ def update_command(
     """
     data = _read_file(config_file) if config_file else None
     suite = AssessmentsSuiteConfig.from_dict(
-        build_suite(data, judges, guidelines, sample, model, paused)
+        with_strata(build_suite(data, judges, guidelines, sample, model, paused), strata_specs)
     )
     before = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
     cost = cost_for_cli(data, before.cost, daily_budget_usd, call_cost_usd, prices, pace)

@@ -70,17 +70,45 @@ def print_plan(result: dict[str, Any], output: str) -> None:
             row["judge"], f"{row['rate']:g}", _fmt(row["traces_per_day"], 0), scored,
             _fmt(row["calls_per_day"], 0), _fmt(row["tokens_per_day"], 0), usd, row["basis"],
         )  # fmt: skip
+        for s in row.get("strata", []):
+            fails = "fail rate unknown"
+            if s["fail_rate"] is not None:
+                fails = f"fail rate {100 * s['fail_rate']:.1f}% ({s['verdicts_seen']} verdicts)"
+            table.add_row(
+                f"  └ {s['stratum']}", f"{s['rate']:g}", _fmt(s["traces_per_day"], 0),
+                _fmt(s["scored_per_day"], 0), _fmt(s["calls_per_day"], 0), "",
+                _usd(s["usd_per_day"]), fails,
+            )  # fmt: skip
     total = result["total"]
     table.add_row(
         "total", "", "", _fmt(total["scored_per_day"], 0), _fmt(total["calls_per_day"], 0),
         _fmt(total["tokens_per_day"], 0), _usd(total["usd_per_day"]), "",
     )  # fmt: skip
     Console(file=sys.stdout, width=160).print(table)
+    for row in result["judges"]:
+        if "strata" in row:
+            click.echo(_found_line(row))
     if total["usd_per_day"] is None and total["usd_per_day_known"]:
         click.echo(f"Known part of the cost: {_usd(total['usd_per_day_known'])}/day.")
     if result["daily_budget_usd"] is not None:
         verdict = "binds" if result["budget_binds"] else "does not bind"
         click.echo(f"Daily budget ${result['daily_budget_usd']:g}: {verdict} at this traffic.")
+
+
+def _found_line(row: dict[str, Any]) -> str:
+    """What a stratified judge finds per day, against uniform sampling at the same calls."""
+    found, uniform = row["failures_found_per_day"], row["uniform_failures_found_per_day"]
+    if found is None or uniform is None:
+        return (
+            f"{row['judge']}: failing traces found per day unknown (a stratum has no recent "
+            "verdicts to estimate its failure rate from)"
+        )
+    gain = f" ({found / uniform:.1f}x)" if uniform > 0 else ""
+    return (
+        f"{row['judge']}: finds ~{found:,.1f} failing traces/day with its strata; uniform "
+        f"sampling at the same calls (rate {row['uniform_rate_same_calls']:.4g}) would find "
+        f"~{uniform:,.1f}{gain}."
+    )
 
 
 def compute(monitor: ExternalMonitor, existing: bool, over: str, measure_n: int) -> dict:
@@ -171,7 +199,9 @@ def plan_command(
     output: str,
 ) -> None:
     """What a monitor config costs per day: its sampler and filters replayed on the last
-    period's real traces, per judge the traces scored, judge calls, tokens and $/day.
+    period's real traces, per judge the traces scored, judge calls, tokens and $/day. A judge
+    with strata is also shown per stratum, with the failing traces it finds per day (failure
+    rates from the monitor's recent verdicts) against uniform sampling at the same calls.
 
     Tokens per call come from the monitor's recent verdicts, else from --measure real calls,
     else are unknown; prices from the config, `run --prices`, or MLflow's model catalog.

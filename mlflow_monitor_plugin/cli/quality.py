@@ -89,6 +89,12 @@ def serving_metrics(daemon: Any, host: str, port: int | None, interval_s: float)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a chart: a .png image or a self-contained .html page.",
 )
+@click.option(
+    "--by-stratum",
+    is_flag=True,
+    help="Also each stratum's own pass rate, as <judge>/<stratum> rows and chart lines "
+    "(judges with strata; see docs/sampling.md).",
+)
 @output_option
 @handle_errors
 def report_command(
@@ -99,6 +105,7 @@ def report_command(
     window: str,
     last: int,
     out: Path | None,
+    by_stratum: bool,
     output: str,
 ) -> None:
     """Quality over time: pass rate per judge and window, with its 95% interval and trend.
@@ -106,14 +113,17 @@ def report_command(
     Recomputed from the verdicts in the tracking store. The interval is that of the rate among
     all traces (the sample stands for them); est_failing is the failing verdicts divided by
     the judge's sample rate; skipped counts sampled traces the daemon did not run the judge on
-    (no judge endpoint, say), which a backfill can score. --output json gives every window's
-    numbers.
+    (no judge endpoint, say), which a backfill can score. A judge with strata (or a daily
+    budget that changed its rate in a window) has its verdicts weighted by their inclusion
+    probability: the rate, interval and est_failing still stand for all traces. --output json
+    gives every window's numbers.
 
     \b
     Examples:
       mlflow monitor report -x 123
       mlflow monitor report -x 123 --since 30d --window 1d --judge safety
       mlflow monitor report -x 123 --out quality.html
+      mlflow monitor report -x 123 --judge safety --by-stratum
     """
     from mlflow_monitor_plugin.config import api
     from mlflow_monitor_plugin.observe import report
@@ -134,7 +144,9 @@ def report_command(
             f"unknown judge {unknown[0]!r}; allowed: {', '.join(allowed)}", param_hint="--judge"
         )
     now_ms = int(time.time() * 1000)
-    rows = report.windows(monitor, now_ms - since_ms, now_ms, window, list(judge_names) or None)
+    rows = report.windows(
+        monitor, now_ms - since_ms, now_ms, window, list(judge_names) or None, by_stratum=by_stratum
+    )
     advice = report.skipped_advice(monitor, rows)
     if output == "json":
         click.echo(json.dumps({"windows": rows, "skipped": advice}, indent=2, default=str))

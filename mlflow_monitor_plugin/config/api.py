@@ -79,24 +79,33 @@ def _absolute(uri: str) -> str:
 
 
 def check_filters(suite: AssessmentsSuiteConfig, experiment_id: str, client: MlflowClient) -> None:
-    """Every judge's ``filter_string``, tried in one real search of the experiment's traces, so
-    a filter MLflow rejects is refused now with MLflow's own message, not in the daemon."""
+    """Every judge's and stratum's ``filter_string``, tried in one real search of the
+    experiment's traces, so a filter MLflow rejects is refused now with MLflow's own message,
+    not in the daemon."""
     from mlflow.exceptions import MlflowException
 
+    filters = [(f"strata[{i}].filter_string", s.filter_string) for i, s in
+               enumerate(suite.strata or ())]  # fmt: skip
     for index, judge in enumerate(suite.assessments or []):
-        if not judge.filter_string:
+        filters.append((f"assessments[{index}].filter_string", judge.filter_string))
+        filters += [
+            (f"assessments[{index}].strata[{i}].filter_string", s.filter_string)
+            for i, s in enumerate(getattr(judge, "strata", None) or ())
+        ]
+    for where, filter_string in filters:
+        if not filter_string:
             continue
         try:
             client.search_traces(
                 locations=[experiment_id],
-                filter_string=judge.filter_string,
+                filter_string=filter_string,
                 max_results=1,
                 include_spans=False,
             )
         except MlflowException as e:
             raise MonitorConfigError(
-                f"assessments[{index}].filter_string",
-                judge.filter_string,
+                where,
+                filter_string,
                 f"expected a trace search filter MLflow accepts; MLflow says: {e.message}",
             ) from None
 

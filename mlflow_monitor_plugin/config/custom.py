@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_monitor_plugin.config.checks import check_filter, check_model, check_rate
+from mlflow_monitor_plugin.config.strata import Stratum, refuse_on_session, strata_from
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 
 ENTRY_POINT_GROUP = "mlflow_monitor.scorers"
@@ -76,6 +77,7 @@ class CustomJudge:
     model: str | None = None
     sample_rate: float | None = None
     filter_string: str | None = None
+    strata: tuple[Stratum, ...] | None = None  # config/strata.py; None: the monitor's
 
     def validate(self) -> CustomJudge:
         name = _check_name("CustomJudge.name", self.name)
@@ -102,6 +104,8 @@ class CustomJudge:
                 sorted(variables),
                 "expected {{ conversation }} alone (a session judge) or no {{ conversation }}",
             )
+        strata = strata_from(f"{where}.strata", self.strata)
+        refuse_on_session(where, strata, SESSION_VARIABLE in variables)
         return CustomJudge(
             name,
             instructions,
@@ -109,6 +113,7 @@ class CustomJudge:
             check_model(f"{where}.model", self.model),
             check_rate(f"{where}.sample_rate", self.sample_rate, optional=True),
             check_filter(f"{where}.filter_string", self.filter_string),
+            strata,
         )
 
     @property
@@ -125,6 +130,8 @@ class CustomJudge:
         for key in ("feedback_value_type", "model", "sample_rate", "filter_string"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.strata is not None:
+            out["strata"] = [s.to_dict() for s in self.strata]
         return out
 
 
@@ -136,6 +143,7 @@ class CodeJudge:
     name: str
     sample_rate: float | None = None
     filter_string: str | None = None
+    strata: tuple[Stratum, ...] | None = None  # ignored if the scorer judges sessions
 
     def validate(self) -> CodeJudge:
         name = _check_name("CodeJudge.name", self.name)
@@ -144,6 +152,7 @@ class CodeJudge:
             name,
             check_rate(f"{where}.sample_rate", self.sample_rate, optional=True),
             check_filter(f"{where}.filter_string", self.filter_string),
+            strata_from(f"{where}.strata", self.strata),
         )
 
     @property
@@ -155,13 +164,15 @@ class CodeJudge:
         for key in ("sample_rate", "filter_string"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.strata is not None:
+            out["strata"] = [s.to_dict() for s in self.strata]
         return out
 
 
 _FIELDS = {
     "custom": ("name", "instructions", "feedback_value_type", "model", "sample_rate",
-               "filter_string"),
-    "code": ("name", "sample_rate", "filter_string"),
+               "filter_string", "strata"),
+    "code": ("name", "sample_rate", "filter_string", "strata"),
 }  # fmt: skip
 
 

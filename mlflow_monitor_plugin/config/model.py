@@ -22,6 +22,7 @@ from mlflow_monitor_plugin.config.checks import (
 )
 from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge, custom_judge_from_dict
 from mlflow_monitor_plugin.config.prices import CostConfig, cost_from
+from mlflow_monitor_plugin.config.strata import Stratum, describe, refuse_on_session, strata_from
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.redaction.policy import RedactionPolicy, policy_from
 
@@ -46,6 +47,7 @@ class BuiltinJudge:
     model: str | None = None
     args: dict[str, Any] | None = None
     filter_string: str | None = None
+    strata: tuple[Stratum, ...] | None = None  # config/strata.py; None: the monitor's
 
     def validate(self) -> BuiltinJudge:
         info = judge_info("BuiltinJudge.name", self.name)
@@ -58,7 +60,9 @@ class BuiltinJudge:
             )
         args = check_options(info, self.args, f"{where}.args")
         filter_string = check_filter(f"{where}.filter_string", self.filter_string)
-        return BuiltinJudge(self.name, rate, model, args or None, filter_string)
+        strata = strata_from(f"{where}.strata", self.strata)
+        refuse_on_session(where, strata, info.session)
+        return BuiltinJudge(self.name, rate, model, args or None, filter_string, strata)
 
     @property
     def feedback_names(self) -> tuple[str, ...]:
@@ -69,6 +73,8 @@ class BuiltinJudge:
         for key in ("sample_rate", "model", "args", "filter_string"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.strata is not None:
+            out["strata"] = [s.to_dict() for s in self.strata]
         return out
 
 
@@ -80,6 +86,7 @@ class GuidelinesJudge:
     sample_rate: float | None = None
     model: str | None = None
     filter_string: str | None = None
+    strata: tuple[Stratum, ...] | None = None  # config/strata.py; None: the monitor's
 
     def validate(self) -> GuidelinesJudge:
         if not isinstance(self.guidelines, Mapping) or not self.guidelines:
@@ -108,8 +115,9 @@ class GuidelinesJudge:
         rate = check_rate("GuidelinesJudge.sample_rate", self.sample_rate, optional=True)
         model = check_model("GuidelinesJudge.model", self.model)
         filter_string = check_filter("GuidelinesJudge.filter_string", self.filter_string)
+        strata = strata_from("GuidelinesJudge.strata", self.strata)
         return GuidelinesJudge(
-            {k: list(v) for k, v in self.guidelines.items()}, rate, model, filter_string
+            {k: list(v) for k, v in self.guidelines.items()}, rate, model, filter_string, strata
         )
 
     @property
@@ -121,6 +129,8 @@ class GuidelinesJudge:
         for key in ("sample_rate", "model", "filter_string"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.strata is not None:
+            out["strata"] = [s.to_dict() for s in self.strata]
         return out
 
 
@@ -141,26 +151,28 @@ def judge_from_dict(value: Any, index: int = 0) -> Judge:
         return custom_judge_from_dict(value, field_name)
     keys = set(value)
     if "guidelines" in value:
-        extra = keys - {"guidelines", "sample_rate", "model", "name", "filter_string"}
+        extra = keys - {"guidelines", "sample_rate", "model", "name", "filter_string", "strata"}
         if extra or value.get("name", "guidelines") != "guidelines":
             raise MonitorConfigError(
                 field_name,
                 dict(value),
-                "expected a guidelines judge with guidelines, sample_rate, model, filter_string",
+                "expected a guidelines judge with guidelines, sample_rate, model, filter_string, "
+                "strata",
             )
         return GuidelinesJudge(
             value["guidelines"],
             value.get("sample_rate"),
             value.get("model"),
             value.get("filter_string"),
+            value.get("strata"),
         ).validate()
     if "name" in value:
-        extra = keys - {"name", "sample_rate", "model", "args", "filter_string"}
+        extra = keys - {"name", "sample_rate", "model", "args", "filter_string", "strata"}
         if extra:
             raise MonitorConfigError(
                 field_name,
                 dict(value),
-                "expected only name, sample_rate, model, args, filter_string "
+                "expected only name, sample_rate, model, args, filter_string, strata "
                 f"(unknown: {sorted(extra)})",
             )
         return BuiltinJudge(
@@ -169,6 +181,7 @@ def judge_from_dict(value: Any, index: int = 0) -> Judge:
             value.get("model"),
             value.get("args"),
             value.get("filter_string"),
+            value.get("strata"),
         ).validate()
     raise MonitorConfigError(field_name, dict(value), f"expected {_FORMS}")
 
@@ -181,6 +194,7 @@ class AssessmentsSuiteConfig:
     paused: bool | None = False
     assessments: list[Judge] | None = None
     model: str | None = None
+    strata: tuple[Stratum, ...] | None = None  # every trace judge's, unless it has its own
 
     def validate(self) -> AssessmentsSuiteConfig:
         sample = check_rate("AssessmentsSuiteConfig.sample", self.sample, optional=True)
@@ -205,7 +219,8 @@ class AssessmentsSuiteConfig:
                         "expected each judge and guideline name at most once",
                     )
                 seen.add(name)
-        return AssessmentsSuiteConfig(sample, bool(self.paused), judges, model)
+        strata = strata_from("AssessmentsSuiteConfig.strata", self.strata) or None
+        return AssessmentsSuiteConfig(sample, bool(self.paused), judges, model, strata)
 
     @property
     def default_rate(self) -> float:
@@ -221,6 +236,7 @@ class AssessmentsSuiteConfig:
             "paused": bool(self.paused),
             "model": self.model,
             "assessments": [j.to_dict() for j in self.assessments or []],
+            **({"strata": [s.to_dict() for s in self.strata]} if self.strata else {}),
         }
 
     @classmethod
@@ -231,18 +247,19 @@ class AssessmentsSuiteConfig:
             raise MonitorConfigError(
                 "assessments_config", value, "expected AssessmentsSuiteConfig or a dict"
             )
-        extra = set(value) - {"sample", "paused", "assessments", "model"}
+        extra = set(value) - {"sample", "paused", "assessments", "model", "strata"}
         if extra:
             raise MonitorConfigError(
                 "assessments_config",
                 sorted(extra),
-                "expected only sample, paused, assessments, model",
+                "expected only sample, paused, assessments, model, strata",
             )
         return cls(
             value.get("sample"),
             value.get("paused", False),
             value.get("assessments"),
             value.get("model"),
+            value.get("strata"),
         ).validate()
 
 
@@ -336,19 +353,24 @@ class ExternalMonitor:
             f"  judge model:  {suite.model or DEFAULT_MODEL_TEXT}",
             f"  created:      {_iso(self.created_at_ms)}   updated: {_iso(self.updated_at_ms)}"
             f"   version: {self.config_version}",
+            *describe(suite.strata or (), None, "  "),
             "  assessments:",
         ]
         for judge in suite.assessments or []:
             rate = judge.sample_rate if judge.sample_rate is not None else suite.default_rate
+            own = describe(judge.strata or (), rate, "        ")
             if isinstance(judge, GuidelinesJudge):
                 for name, texts in judge.guidelines.items():
                     lines.append(f"    - {name} (guidelines, {len(texts)} rule(s)) @ {rate:g}")
+                lines += own
                 continue
             kind = {CustomJudge: " (custom)", CodeJudge: " (code)"}.get(type(judge), "")
             args = getattr(judge, "args", None) or {}
             extra = f" ({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else ""
             where = f" where {judge.filter_string}" if judge.filter_string else ""
             lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
+            lines += own + (["        strata: none (the monitor's do not apply)"]
+                            if judge.strata == () and suite.strata else [])  # fmt: skip
         names = set(suite.feedback_names)
         theirs = [r for r in self.registered if r.name not in names]
         lines += ["  judges registered in MLflow (the experiment's Judges page):"] if theirs else []

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlflow.entities import TraceInfo
@@ -33,6 +33,7 @@ from mlflow_monitor_plugin.config.prices import PriceBook
 from mlflow_monitor_plugin.config.tags import NAMESPACE
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.strata import draw, filters_of
 from mlflow_monitor_plugin.discovery.timerange import TimeRange
 from mlflow_monitor_plugin.engine.budget import priced
 from mlflow_monitor_plugin.engine.lease import Lease
@@ -336,14 +337,16 @@ class Backfill:
         monitor_id, counts = self.monitor.monitor_id, stats.counts
         due: Due = {}
         filters = {j.filter_string for j in self.judges if j.filter_string}
-        matching = {f: self.engine.source.matching(page, f) for f in filters}  # per-judge filters
+        filters |= filters_of(self.judges)  # the judges' and their strata's
+        matching = {f: self.engine.source.matching(page, f) for f in filters}
         for info in page:
             states = judge_states(info, monitor_id)
             seen = bool(states) or info.trace_id in exported
             for judge in self.judges:
                 if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
                     continue
-                if not is_sampled(info.trace_id, monitor_id, judge.rate):
+                stratum, rate = draw(info, judge.strata, judge.rate, matching)
+                if not is_sampled(info.trace_id, monitor_id, rate):
                     continue
                 counts.count(judge.name, "sampled")
                 state = states.get(judge.name)
@@ -354,7 +357,8 @@ class Backfill:
                     counts.count(judge.name, "daemon")
                 else:
                     counts.count(judge.name, "due")
-                    due.setdefault(info.trace_id, []).append((judge, state))
+                    pair = (replace(judge, draw=(stratum, rate)), state)
+                    due.setdefault(info.trace_id, []).append(pair)
         return due
 
     def _exported_ids(self) -> set[str]:

@@ -125,6 +125,8 @@ class Budget:
         self._binding_since: int | None = None
         self._dirty = False
         self._raise_from_zero = False  # the budget changed: a stopped day may resume
+        # stratified judges: their rates summed over new traces, the count, the newest time
+        self._drawn: dict[str, list[float]] = {}
 
     # -- the pass ------------------------------------------------------------------------
     def start(self, monitor: ExternalMonitor, judges: list[JudgeSpec]) -> list[JudgeSpec]:
@@ -157,14 +159,19 @@ class Budget:
     def enforced(self) -> bool:
         return self.active and self._refused is None
 
-    def rate(self, judge: JudgeSpec, info: TraceInfo) -> float:
-        """The effective sample rate of ``judge`` on this trace."""
+    def rate(self, judge: JudgeSpec, info: TraceInfo, base: float | None = None) -> float:
+        """The effective sample rate of ``judge`` on this trace, whose rate before the
+        budget is ``base`` (its stratum's, config/strata.py) or else the judge's."""
+        rate = judge.rate if base is None else base
+        drawn = self._drawn.setdefault(judge.name, [0.0, 0, 0]) if judge.strata else None
+        if drawn is not None and base is not None and info.timestamp_ms > drawn[2]:
+            drawn[:] = drawn[0] + base, drawn[1] + 1, info.timestamp_ms  # new traces, once
         if not self.enforced or not judge.is_llm:
-            return judge.rate
+            return rate
         stamp = info.timestamp_ms
         if stamp > self.decided_ms:
             self._decide(stamp, judge)
-        return judge.rate * self.schedule.factor(stamp)
+        return rate * self.schedule.factor(stamp)
 
     def probe_prefix(self, page: list[TraceInfo], judges: list[JudgeSpec], monitor_id: str) -> int:
         """How many traces of ``page`` to score before going on: all of them, unless a judge's
@@ -305,9 +312,15 @@ class Budget:
         total, known = 0.0, False
         for judge in self.judges:
             if judge.is_llm and (cost := self._estimate(judge.name)) is not None:
-                total += judge.rate * cost
+                total += self._mean_rate(judge) * cost
                 known = True
         return total if known else None
+
+    def _mean_rate(self, judge: JudgeSpec) -> float:
+        """The judge's expected calls per trace: its rate, or for a stratified judge the mean
+        of its strata's rates over the traces seen (before the budget's factor)."""
+        drawn = self._drawn.get(judge.name)
+        return drawn[0] / drawn[1] if judge.strata and drawn and drawn[1] else judge.rate
 
     def _estimate(self, judge_name: str) -> float | None:
         """The expected cost of one call of a judge: its mean so far, the newest day's mean, or

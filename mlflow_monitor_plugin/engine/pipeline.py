@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlflow.entities import TraceInfo
@@ -31,6 +31,7 @@ from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, sweep_floor_ms
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.shards import Shard
+from mlflow_monitor_plugin.discovery.strata import draw, filters_of, newly_by_feedback
 from mlflow_monitor_plugin.engine.budget import Budget
 from mlflow_monitor_plugin.engine.lease import new_owner
 from mlflow_monitor_plugin.engine.native import NativeFence
@@ -403,8 +404,8 @@ class MonitorEngine:
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
         monitor, judges = ctx.monitor, ctx.judges
         due: Due = {}
-        filters = {j.filter_string for j in judges if j.filter_string}
-        matching = {f: self.source.matching(infos, f) for f in filters}  # per-judge filters
+        filters = {j.filter_string for j in judges if j.filter_string} | filters_of(judges)
+        matching = {f: self.source.matching(infos, f) for f in filters}  # judges' and strata's
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
             retry_only = seen is not None and seen(info, states)
@@ -414,7 +415,9 @@ class MonitorEngine:
                 if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
                     continue
                 stats.count(judge.name, "eligible")
-                if not is_sampled(info.trace_id, monitor.monitor_id, self.budget.rate(judge, info)):
+                stratum, base = draw(info, judge.strata, judge.rate, matching)
+                rate = self.budget.rate(judge, info, base)
+                if not is_sampled(info.trace_id, monitor.monitor_id, rate):
                     continue
                 stats.count(judge.name, "sampled")
                 state = states.get(judge.name)
@@ -422,13 +425,30 @@ class MonitorEngine:
                     stats.count(judge.name, "already_done")
                 elif state and state.failed_passes >= self.settings.max_failed_passes:
                     stats.count(judge.name, "failed")
-                elif retry_only and not (state and (state.errors or state.partial)):
-                    continue  # not applicable when first seen: nothing to redo
+                elif (
+                    retry_only
+                    and not (state and (state.errors or state.partial))
+                    and not (judge.strata and self._by_feedback(ctx, info, judge, matching))
+                ):
+                    continue  # not applicable when first seen, nor sampled since by feedback
                 else:
-                    due.setdefault(info.trace_id, []).append((judge, state))
+                    due.setdefault(info.trace_id, []).append(
+                        (replace(judge, draw=(stratum, rate)), state)
+                    )
                     self.budget.reserve(judge, info)
                     ctx.touched[info.trace_id] = info.timestamp_ms
         return due
+
+    def _by_feedback(
+        self, ctx: PassContext, info: TraceInfo, judge: JudgeSpec, matching: dict[str, set[str]]
+    ) -> bool:
+        """Whether a human feedback newly put a trace the monitor had seen in the sample."""
+        monitor_id = ctx.monitor.monitor_id
+
+        def sampled(base: float) -> bool:
+            return is_sampled(info.trace_id, monitor_id, self.budget.rate(judge, info, base))
+
+        return newly_by_feedback(info, judge.strata, judge.rate, matching, sampled)
 
     def score_due(
         self,

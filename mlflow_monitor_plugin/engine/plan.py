@@ -22,7 +22,9 @@ from mlflow_monitor_plugin.config.model import ExternalMonitor
 from mlflow_monitor_plugin.config.prices import PriceBook
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.strata import DEFAULT_STRATUM, draw, filters_of
 from mlflow_monitor_plugin.engine.budget import priced
+from mlflow_monitor_plugin.engine.strata import StratumPlan, strata_rows, verdicts_by_judge
 from mlflow_monitor_plugin.scoring import usage
 from mlflow_monitor_plugin.scoring.feedback import JUDGE_KEY, MONITOR_KEY, VERDICT_KEY
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, monitor_judges
@@ -51,6 +53,7 @@ class JudgePlan:
     completion_per_call: float | None = None
     price_source: str | None = None
     usd_per_call: float | None = None
+    strata: dict[str, StratumPlan] = field(default_factory=dict)  # a stratified judge's
     _usage: list[usage.Usage] = field(default_factory=list, repr=False)
 
     def add_usage(self, used: usage.Usage) -> None:
@@ -119,6 +122,13 @@ class Plan:
                 "usd_per_call": j.usd_per_call,
                 "price_source": j.price_source,
                 "basis": j.basis,
+                **(
+                    strata_rows(
+                        j.strata, DAY_MS / self.period_ms, j.calls_per_verdict, j.usd_per_call
+                    )
+                    if j.strata
+                    else {}
+                ),  # fmt: skip
             }
             for j in self.judges
         ]
@@ -171,23 +181,37 @@ def plan(
     specs = [j for j in monitor_judges(monitor) if not j.unavailable]
     specs = priced([j for j in specs if not j.session], monitor, book)
     plans = {j.name: JudgePlan(j.name, j.rate, j.is_llm, j.model, exact=existing) for j in specs}
+    for j in specs:  # a stratified judge's strata in the order they are tried, default last
+        order = [(s.name, s.sample_rate) for s in j.strata] + [(DEFAULT_STRATUM, j.rate)]
+        plans[j.name].strata = {n: StratumPlan(n, r) for n, r in order} if j.strata else {}
     since = now_ms - over_ms
     samples: dict[str, list[str]] = {j.name: [] for j in specs}
     for page in source.infos_after(Checkpoint(since, ""), 500, now_ms):
-        filters = {j.filter_string for j in specs if j.filter_string}
+        filters = {j.filter_string for j in specs if j.filter_string} | filters_of(specs)
         matching = {f: source.matching(page, f) for f in filters}
         for info in page:
             seen = _usage_by_judge(info, monitor.monitor_id) if existing else {}
+            judged = verdicts_by_judge(info, monitor.monitor_id) if existing else {}
             for judge in specs:
                 if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
                     continue
                 p = plans[judge.name]
                 p.traces += 1
+                name, rate = draw(info, judge.strata, judge.rate, matching)
+                stratum = p.strata.get(name)
+                if stratum is not None:
+                    stratum.traces += 1
+                    if judge.name in judged:
+                        stratum.add_verdict(*judged[judge.name])
                 if not existing:
-                    p.sampled += judge.rate
+                    p.sampled += rate
+                    if stratum is not None:
+                        stratum.sampled += rate
                     picked = len(samples[judge.name]) < measure_n
-                elif is_sampled(info.trace_id, monitor.monitor_id, judge.rate):
+                elif is_sampled(info.trace_id, monitor.monitor_id, rate):
                     p.sampled += 1
+                    if stratum is not None:
+                        stratum.sampled += 1
                     picked = len(samples[judge.name]) < measure_n
                 else:
                     continue

@@ -13,6 +13,7 @@ from mlflow.entities import TraceInfo
 
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.strata import draw, matching
 from mlflow_monitor_plugin.observe.skipped import Skips
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
@@ -33,12 +34,14 @@ _logger = logging.getLogger(__name__)
 Judges = tuple[tuple[str, float], ...]  # (feedback name, sample rate) of each judge
 # judge name, configured rate, trace time -> the effective rate (a daily budget's, engine/budget.py)
 RateOf = Callable[[str, float, int], float]
+Draws = dict[str, tuple[str, float]]  # judge -> (stratum, rate before the budget) on one trace
+Strata = dict[str, tuple[Any, ...]]  # judge -> its strata (config/strata.py), stratified only
 
 
 @functools.lru_cache(maxsize=4096)
-def _plain(sampled: bool, rate: float) -> Outcome:
+def _plain(sampled: bool, rate: float, stratum: str | None = None) -> Outcome:
     """Shared by every trace they describe: most outcomes are unsampled or unscored."""
-    return Outcome(sampled=sampled, rate=rate)
+    return Outcome(sampled=sampled, rate=rate, stratum=stratum)
 
 
 def window_judges(monitor: Any) -> Judges:
@@ -46,6 +49,23 @@ def window_judges(monitor: Any) -> Judges:
     belongs to a whole session, not to the trace it is logged on, so the windows of traces
     leave session judges out (``status`` counts them per session)."""
     return tuple((j.name, j.rate) for j in monitor_judges(monitor) if not j.session)
+
+
+def window_strata(monitor: Any) -> Strata:
+    """The strata of the monitor's stratified trace judges."""
+    return {j.name: j.strata for j in monitor_judges(monitor) if j.strata and not j.session}
+
+
+def draws_of(
+    source: Any, page: list[TraceInfo], strata: Strata | None, judges: Judges
+) -> list[Draws | None]:
+    """Each trace's stratum and rate per stratified judge: one search per stratum filter."""
+    mine = {name: (strata[name], rate) for name, rate in judges if strata and name in strata}
+    if not mine:
+        return [None] * len(page)
+    filters = {s.filter_string for ss, _ in mine.values() for s in ss if s.filter_string}
+    matched = matching(source, page, filters)
+    return [{j: draw(i, ss, rate, matched) for j, (ss, rate) in mine.items()} for i in page]
 
 
 def _created(assessments: Iterable[Any]) -> int | None:
@@ -72,16 +92,19 @@ def outcomes(
     max_failed_passes: int,
     rate_of: RateOf | None = None,
     skips: Skips | None = None,
+    draws: Draws | None = None,
 ) -> dict[str, Outcome]:
     """What this trace contributes to each judge's window, from the monitor's assessments;
     ``rate_of`` gives a judge's effective rate on the trace when a budget lowered it, ``skips``
-    where the daemon did not run a judge (a reader's view: the daemon's windows go without)."""
+    where the daemon did not run a judge (a reader's view: the daemon's windows go without),
+    ``draws`` the trace's stratum and its rate for the stratified judges (``draws_of``)."""
     states = judge_states(info, monitor_id)
     result = {}
     for name, configured in judges:
-        rate = rate_of(name, configured, info.timestamp_ms) if rate_of else configured
+        stratum, base = draws[name] if draws and name in draws else (None, configured)
+        rate = rate_of(name, base, info.timestamp_ms) if rate_of else base
         if not is_sampled(info.trace_id, monitor_id, rate):
-            result[name] = _plain(False, rate)
+            result[name] = _plain(False, rate, stratum)
             continue
         state = states.get(name)
         if state and state.verdicts:
@@ -91,18 +114,20 @@ def outcomes(
             kind, value = combine([classify(getattr(a, "value", None)) for a in primary])
             tokens, cost = _usage(group[0])
             result[name] = Outcome(
-                True, kind, value, _seconds(group[0]), False, _created(group), rate, tokens, cost
-            )
+                True, kind, value, _seconds(group[0]), False, _created(group), rate, tokens, cost,
+                stratum,
+            )  # fmt: skip
         elif state and state.errors:
             retryable = state.failed_passes < max_failed_passes
             tokens, cost = _usage(max(state.errors, key=lambda a: a.create_time_ms or 0))
             result[name] = Outcome(
-                True, "error", None, None, retryable, _created(state.errors), rate, tokens, cost
-            )
+                True, "error", None, None, retryable, _created(state.errors), rate, tokens, cost,
+                stratum,
+            )  # fmt: skip
         elif skips is not None and skips.reason(name, info.timestamp_ms):
-            result[name] = Outcome(True, "skipped", rate=rate)
+            result[name] = Outcome(True, "skipped", rate=rate, stratum=stratum)
         else:
-            result[name] = _plain(True, rate)
+            result[name] = _plain(True, rate, stratum)
     return result
 
 
@@ -163,8 +188,10 @@ class WindowReader:
         page_size: int = 500,
         rate_of: RateOf | None = None,
         skips: Skips | None = None,
+        strata: Strata | None = None,
     ):
         self.source = source  # a discovery TraceSource (finished, non-evaluation traces)
+        self.strata = strata  # the stratified judges' strata (config/strata.py)
         self.monitor_id = monitor_id
         self.judges = judges
         self.max_failed_passes = max_failed_passes
@@ -172,19 +199,20 @@ class WindowReader:
         self.rate_of = rate_of
         self.skips = skips
 
-    def _infos(self, from_ms: int, until_ms: int) -> Iterable[TraceInfo]:
+    def _infos(self, from_ms: int, until_ms: int) -> Iterable[tuple[TraceInfo, Draws | None]]:
         for page in self.source.infos_after(Checkpoint(from_ms, ""), self.page_size, until_ms):
-            yield from page
+            yield from zip(page, draws_of(self.source, page, self.strata, self.judges), strict=True)
 
-    def _outcomes(self, info: TraceInfo) -> dict[str, Outcome]:
+    def _outcomes(self, info: TraceInfo, draws: Draws | None = None) -> dict[str, Outcome]:
         return outcomes(
-            info, self.monitor_id, self.judges, self.max_failed_passes, self.rate_of, self.skips
-        )
+            info, self.monitor_id, self.judges, self.max_failed_passes, self.rate_of, self.skips,
+            draws,
+        )  # fmt: skip
 
     def load_day(self, day_start_ms: int) -> Day:
         day = Day(day_start_ms)
-        for info in self._infos(day_start_ms, day_start_ms + DAY_MS):
-            day.put(info.timestamp_ms, info.trace_id, self._outcomes(info))
+        for info, draws in self._infos(day_start_ms, day_start_ms + DAY_MS):
+            day.put(info.timestamp_ms, info.trace_id, self._outcomes(info, draws))
         return day
 
     def refresh(self, day: Day, touched: dict[str, int]) -> dict[str, dict[str, Outcome]]:
@@ -205,8 +233,8 @@ class WindowReader:
     ) -> list[tuple[str, dict[str, Outcome]]]:
         """Re-read every trace of ``day`` in [from_ms, until_ms) and store what it carries."""
         read = []
-        for info in self._infos(from_ms, until_ms):
-            by_judge = self._outcomes(info)
+        for info, draws in self._infos(from_ms, until_ms):
+            by_judge = self._outcomes(info, draws)
             day.put(info.timestamp_ms, info.trace_id, by_judge)
             read.append((info.trace_id, by_judge))
         return read

@@ -30,6 +30,7 @@ from mlflow.entities import TraceInfo
 
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
+from mlflow_monitor_plugin.discovery.strata import draw, filters_of
 from mlflow_monitor_plugin.observe.skipped import Skips
 from mlflow_monitor_plugin.observe.windows import HOUR_MS, percentile, window_start
 from mlflow_monitor_plugin.scoring.feedback import JudgeState, judge_states
@@ -168,6 +169,7 @@ def collect(
     windows: dict[int, dict[str, Coverage]] = {}
     for page in pages:
         filters = {j.filter_string for j in judges if j.filter_string}
+        filters |= filters_of(judges)  # and their strata's (config/strata.py)
         admitted = {f: matching(page, f) for f in filters}
         for info in page:
             states = judge_states(info, monitor_id)
@@ -177,7 +179,8 @@ def collect(
                 if judge.filter_string and info.trace_id not in admitted[judge.filter_string]:
                     continue
                 state = states.get(judge.name)
-                rate = rate_of(judge.name, judge.rate, info.timestamp_ms) if rate_of else judge.rate
+                _, rate = draw(info, getattr(judge, "strata", ()), judge.rate, admitted)
+                rate = rate_of(judge.name, rate, info.timestamp_ms) if rate_of else rate
                 skipped = skips is not None and skips.reason(judge.name, info.timestamp_ms)
                 where = trace_state(info, state, rate, monitor_id, behind, bool(skipped))
                 coverage = hour.setdefault(judge.name, Coverage())

@@ -11,10 +11,23 @@ from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.observe import skipped
-from mlflow_monitor_plugin.observe.collect import Judges, WindowReader, window_judges
+from mlflow_monitor_plugin.observe.collect import (
+    Judges,
+    WindowReader,
+    window_judges,
+    window_strata,
+)
 from mlflow_monitor_plugin.observe.spend import budget_rates, schedule_of
 from mlflow_monitor_plugin.observe.tracker import window_rows
-from mlflow_monitor_plugin.observe.windows import DAY_MS, HOUR_MS, WIDTHS, trend, window_start
+from mlflow_monitor_plugin.observe.windows import (
+    DAY_MS,
+    HOUR_MS,
+    WIDTHS,
+    Outcome,
+    tally,
+    trend,
+    window_start,
+)
 from mlflow_monitor_plugin.scoring.judges import monitor_judges
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
@@ -41,9 +54,11 @@ def windows(
     judge_names: list[str] | None = None,
     max_failed_passes: int = 5,
     source: Any = None,
+    by_stratum: bool = False,
 ) -> list[dict[str, Any]]:
     """The rows of every ``width`` window overlapping ``[since_ms, now_ms]`` that holds traces,
-    per judge, oldest first; computed from the store."""
+    per judge, oldest first; computed from the store. ``by_stratum``: also a row per stratum
+    of each stratified judge, its own rate (``judge`` named ``<judge>/<stratum>``)."""
     if width not in WIDTHS:
         raise MonitorConfigError("window", width, f"one of {', '.join(WIDTHS)}")
     judges = judges_of(monitor)
@@ -57,6 +72,7 @@ def windows(
         source, monitor.monitor_id, judges, max_failed_passes,
         rate_of=budget_rates(schedule, llm),
         skips=skipped.read(tags, monitor.experiment_id, monitor.monitor_id),
+        strata=window_strata(monitor),
     )  # fmt: skip
     rows = []
     first = window_start(since_ms, DAY_MS)
@@ -66,11 +82,39 @@ def windows(
             continue
         if width == "1d":
             rows += window_rows(monitor, judges, "1d", day_start, day.day_tallies(judges), now_ms)
+            if by_stratum:
+                traces = [t for hour in day.hours.values() for t in hour.values()]
+                rows += stratum_rows(monitor, judges, "1d", day_start, traces, now_ms)
             continue
         for hour in sorted(day.hours):
             if hour + HOUR_MS > since_ms:
                 tallies = day.hour_tallies(hour, judges)
                 rows += window_rows(monitor, judges, "1h", hour, tallies, now_ms)
+                if by_stratum:
+                    traces = list(day.hours[hour].values())
+                    rows += stratum_rows(monitor, judges, "1h", hour, traces, now_ms)
+    return rows
+
+
+def stratum_rows(
+    monitor: ExternalMonitor,
+    judges: Judges,
+    width: str,
+    start_ms: int,
+    traces: list[dict[str, Outcome]],
+    now_ms: int,
+) -> list[dict[str, Any]]:
+    """One window's rows of each stratum of each stratified judge: the stratum's own pass
+    rate and interval (its traces alone), named ``<judge>/<stratum>``."""
+    rows = []
+    for name, _ in judges:
+        mine = [t[name] for t in traces if name in t and t[name].stratum is not None]
+        for stratum in sorted({o.stratum for o in mine if o.stratum is not None}):
+            part = tally(o for o in mine if o.stratum == stratum)
+            rate = min(c.prob for c in part.cells.values() if c.prob is not None)
+            label = f"{name}/{stratum}"
+            row = window_rows(monitor, ((label, rate),), width, start_ms, {label: part}, now_ms)
+            rows += [{**r, "stratum": stratum} for r in row]
     return rows
 
 

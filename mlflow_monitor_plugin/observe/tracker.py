@@ -28,6 +28,7 @@ from mlflow_monitor_plugin.observe.collect import (
     WindowReader,
     last_hour,
     window_judges,
+    window_strata,
 )
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
@@ -108,6 +109,11 @@ def day_rows(
     return hourly, daily
 
 
+def _key_of(monitor: ExternalMonitor, judges: Judges) -> tuple[Any, ...]:
+    """What the windows in memory were read for: a change reads them again."""
+    return monitor.monitor_id, judges, tuple(sorted(window_strata(monitor).items()))
+
+
 class QualityTracker:
     """Keeps one monitor's recent days in memory and publishes their windows."""
 
@@ -129,7 +135,7 @@ class QualityTracker:
         self._wall = wall
         self._stale_marker = stale_marker  # the days a backfill changed (see ``refresh``)
         self._stale_at: Any = None
-        self._key: tuple[str, Judges] | None = None
+        self._key: tuple[Any, ...] | None = None
         self.days: dict[int, Day] = {}
         self._unexported: set[int] = set()
         self._reader: WindowReader | None = None
@@ -146,8 +152,8 @@ class QualityTracker:
         self._rolling_charted: set[str] = set()  # judges with a rolling-hour point already
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
-        """A new monitor, or its judges or rates changed: start from the store again."""
-        self._key = (monitor.monitor_id, judges)
+        """A new monitor, or its judges, rates or strata changed: start from the store again."""
+        self._key = _key_of(monitor, judges)
         self.days.clear()
         self._unexported.clear()
         self._reader = WindowReader(
@@ -156,6 +162,7 @@ class QualityTracker:
             judges,
             self.settings.max_failed_passes,
             rate_of=self._rate_of,
+            strata=window_strata(monitor),
         )
         self._run = MetricsRun(self.client, self.experiment_id, monitor.monitor_id)
 
@@ -192,7 +199,7 @@ class QualityTracker:
         touched, self._pending = self._pending, {}
         specs = monitor_judges(monitor)
         judges = tuple((j.name, j.rate) for j in specs if not j.session)
-        if self._key != (monitor.monitor_id, judges):
+        if self._key != _key_of(monitor, judges):
             self._reset(monitor, judges)
         self._budgeted = frozenset(j.name for j in specs if j.is_llm)
         self._schedule = schedule_of(
@@ -268,7 +275,7 @@ class QualityTracker:
         twice). Returns the points charted."""
         wall_ms = int(self._wall() * 1000)
         judges = window_judges(monitor)
-        if self._key != (monitor.monitor_id, judges):
+        if self._key != _key_of(monitor, judges):
             self._reset(monitor, judges)
         assert self._reader is not None and self._run is not None
         for start in day_starts:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_monitor_plugin.observe.estimate import Cell, merge_cells, stratified
+
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WIDTHS = {"1h": HOUR_MS, "1d": DAY_MS}
@@ -81,6 +83,7 @@ class Outcome:
     rate: float | None = None  # the effective sample rate on this trace (budget included)
     tokens: int | None = None  # the judge's tokens for this verdict or error (None: unknown)
     cost_usd: float | None = None  # their cost (None: unknown)
+    stratum: str | None = None  # the trace's stratum for the judge (config/strata.py)
 
 
 @dataclass
@@ -104,9 +107,16 @@ class Tally:
     costed: int = 0  # verdicts and errors whose cost is known
     uncosted: int = 0  # verdicts whose cost is unknown (tokens or price unknown)
     skipped: int = 0  # sampled, but the daemon did not run the judge (observe/skipped.py)
+    # (stratum, inclusion probability) -> its counts: the weighted estimate when more than one
+    cells: dict[tuple[str | None, float | None], Cell] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
         self.eligible += 1
+        key = (outcome.stratum, outcome.rate)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Cell(*key)
+        cell.add(outcome.sampled, outcome.kind)
         if outcome.rate is not None:
             self.rate_sum += outcome.rate
             self.rated += 1
@@ -163,6 +173,7 @@ class Tally:
             self.costed + other.costed,
             self.uncosted + other.uncosted,
             self.skipped + other.skipped,
+            merge_cells(self.cells, other.cells),
         )
 
     @property
@@ -205,6 +216,22 @@ class Tally:
             "judge_tokens": self.tokens,
             "judge_cost_usd": self.cost_usd if self.costed else None,
             "judge_cost_unknown": self.uncosted,
+            **self.weighted(),
+        }
+
+    def weighted(self) -> dict[str, Any]:
+        """Where traces were sampled at different rates (strata, a daily budget's steps): the
+        pass rate, its interval and the failing traces, weighted (observe/estimate.py)."""
+        if len(self.cells) < 2:
+            return {}
+        estimate = stratified(self.cells.values())
+        if estimate is None:
+            return {}
+        return {
+            "pass_rate": estimate.pass_rate,
+            "pass_rate_low95": estimate.low,
+            "pass_rate_high95": estimate.high,
+            "estimated_failing": estimate.estimated_failing,
         }
 
     def population_size(self, judged: int) -> float:

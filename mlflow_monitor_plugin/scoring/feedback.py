@@ -41,6 +41,8 @@ CONFIG_VERSION_KEY = "mlflow_monitor.config_version"
 FAILED_PASSES_KEY = "mlflow_monitor.failed_passes"
 SECONDS_KEY = "mlflow_monitor.seconds"  # the judge's latency (absent before version 0.2)
 SESSION_VERSION_KEY = "mlflow_monitor.session_version"  # on a session judge's verdicts
+STRATUM_KEY = "mlflow_monitor.stratum"  # the trace's stratum for the judge (config/strata.py)
+INCLUSION_KEY = "mlflow_monitor.inclusion_prob"  # its sample rate there, budget included
 SCORER_NAME_KEY = "mlflow.assessment.scorerName"  # MLflow's, on a registered scorer's feedback
 ONLINE_SESSION_KEY = "mlflow.assessment.onlineScoringSessionId"
 CODE_SOURCE_PREFIX = "mlflow_monitor/"
@@ -56,6 +58,14 @@ def judge_source(judge: JudgeSpec) -> AssessmentSource:
 
         return AssessmentSource(AssessmentSourceType.LLM_JUDGE, judge.model or get_default_model())
     return AssessmentSource(AssessmentSourceType.CODE, CODE_SOURCE_PREFIX + judge.name)
+
+
+def draw_metadata(judge: JudgeSpec) -> dict[str, str]:
+    """The stratum and inclusion probability a trace judge's verdict was sampled with."""
+    if judge.draw is None:
+        return {}
+    stratum, probability = judge.draw
+    return {STRATUM_KEY: stratum, INCLUSION_KEY: repr(float(probability))}
 
 
 def _feedback_source(feedback: Any, judge: JudgeSpec) -> AssessmentSource:
@@ -220,6 +230,7 @@ class FeedbackWriter:
                     metadata={
                         **{k: str(v) for k, v in (feedback.metadata or {}).items()},
                         **verdict.metadata,
+                        **draw_metadata(judge),
                         **self._metadata(
                             judge.name, verdict_id, len(verdict.feedbacks), verdict.seconds
                         ),
@@ -234,6 +245,7 @@ class FeedbackWriter:
         else:
             metadata = {
                 **verdict.metadata,
+                **draw_metadata(judge),
                 **self._metadata(judge.name, verdict_id, 1, verdict.seconds),
             }
             passes = state.failed_passes + 1 if charge else max(state.failed_passes, 1)

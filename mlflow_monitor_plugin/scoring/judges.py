@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlflow.entities import SpanType, Trace
@@ -35,6 +35,7 @@ from mlflow_monitor_plugin.config.scorers import (  # noqa: F401 - re-exported
     load_code_scorer,
     registered_code_allowed,
 )
+from mlflow_monitor_plugin.config.strata import Stratum, strata_of
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class JudgeSpec:
     unavailable: str | None = None
     price: Price | None = None
     origin: str = "monitor"  # or "mlflow": started in MLflow's registry (config/registered.py)
+    strata: tuple[Stratum, ...] = ()  # where it samples at other rates (config/strata.py)
+    # (stratum, inclusion probability) of the one trace a due pair holds it for: the verdict's
+    draw: tuple[str, float] | None = field(default=None, compare=False)
 
     def applies_to(self, trace: Trace) -> bool:
         return all(_has(trace, need) for need in self.needs - {"session"})
@@ -115,7 +119,7 @@ def build_judges(suite: AssessmentsSuiteConfig) -> list[JudgeSpec]:
                     d.name, d.rate, d.llm, d.model, d.needs, d.make, d.filter_string, d.session
                 )
             )
-    return specs
+    return [s if s.session else replace(s, strata=strata_of(suite, s.name)) for s in specs]
 
 
 def _code_spec(d: Definition) -> JudgeSpec:
