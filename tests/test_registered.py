@@ -87,6 +87,12 @@ def test_judges_started_in_mlflow_run_in_the_daemon_through_the_gateway_with_no_
             assert len(found[(trace_id, name)]) == 1, (trace_id, name)
         assert ((trace_id, "concise") in found) == (trace_id in half)
     assert stats.judges["polite_ui"]["scored"] == 6
+    from click.testing import CliRunner
+
+    from mlflow_monitor_plugin.cli import monitor as cli
+
+    shown = CliRunner().invoke(cli, ["report", "-x", exp, "--output", "json"]).stdout
+    assert json.loads(shown)["judges_from_mlflow"] == ["concise", "polite_ui"]
     # every call went through the gateway to the judge behind it; tokens counted per verdict
     assert judge.count("ok") == 6 + 6 + len(half)
     verdict = found[(ids[0], "polite_ui")][0]

@@ -148,10 +148,15 @@ def report_command(
         monitor, now_ms - since_ms, now_ms, window, list(judge_names) or None, by_stratum=by_stratum
     )
     advice = report.skipped_advice(monitor, rows)
+    own = set(monitor.assessments_config.feedback_names)
+    from_mlflow = sorted({r["judge"] for r in rows} - own)
     if output == "json":
-        click.echo(json.dumps({"windows": rows, "skipped": advice}, indent=2, default=str))
+        data = {"windows": rows, "skipped": advice, "judges_from_mlflow": from_mlflow}
+        click.echo(json.dumps(data, indent=2, default=str))
     else:
         _print_table(report.table_rows(rows, last), report.TABLE_COLUMNS)
+        if from_mlflow:
+            click.echo(f"judges configured in MLflow (its Judges page): {', '.join(from_mlflow)}")
         for line in advice:
             click.echo(line)
     if out is not None:
