@@ -55,7 +55,7 @@ from harness import (
 RESULTS = Path(__file__).resolve().parent / "results"
 
 FLOOR_CODE = """
-import json, os, sys, time
+import json, os, resource, sys, time
 import mlflow
 from mlflow.entities import AssessmentSource
 from mlflow.genai.scorers import Guidelines, RelevanceToQuery, Safety
@@ -67,6 +67,7 @@ for trace in traces[:2]:  # warm up (lazy imports, connections): not counted
     for scorer in scorers:
         scorer(trace=trace)
 started_cpu, started = time.process_time(), time.monotonic()
+ru0 = resource.getrusage(resource.RUSAGE_SELF)
 n = 0
 for trace in traces[2:]:
     for scorer in scorers:
@@ -74,8 +75,9 @@ for trace in traces[2:]:
         mlflow.log_feedback(trace_id=trace.info.trace_id, name=scorer.name, value=fb.value,
                             rationale=fb.rationale, source=source, metadata={"floor": "1"})
         n += 1
+ru1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"verdicts": n, "cpu_s": time.process_time() - started_cpu,
-                  "wall_s": time.monotonic() - started}))
+                  "sys_s": ru1.ru_stime - ru0.ru_stime, "wall_s": time.monotonic() - started}))
 """
 
 
@@ -103,6 +105,7 @@ def floor(uri: str, judge: JudgeProcess, traces: int, server: Any, root: Path) -
     return {
         "verdicts": out["verdicts"],
         "cpu_ms_per_verdict": round(1000 * out["cpu_s"] / out["verdicts"], 3),
+        "of_which_sys_ms": round(1000 * out["sys_s"] / out["verdicts"], 3),
         "verdicts_per_s": round(out["verdicts"] / out["wall_s"], 1),
         "server_cpu_ms_per_verdict": _per(_server_cpu(server) - before, out["verdicts"]),
     }
@@ -140,8 +143,9 @@ def _once(uri: str, exp: str, judge: JudgeProcess, root: Path, export: bool) -> 
     cost = sampler.stop()["daemon"]
     if proc.returncode:
         raise RuntimeError(f"the daemon exited {proc.returncode}: see {root / 'daemon.log'}")
-    return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.monotonic() - started,
-            "peak_pss_mb": cost["peak_pss_mb"]}  # fmt: skip
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "sys_s": usage.ru_stime,
+            "wall_s": time.monotonic() - started, "peak_pss_mb": cost["peak_pss_mb"],
+            "switches": usage.ru_nvcsw + usage.ru_nivcsw}  # fmt: skip
 
 
 def daemon(
@@ -160,6 +164,10 @@ def daemon(
         "missed": counts.missed,
         "duplicates": counts.duplicates,
         "cpu_ms_per_verdict": _per(run["cpu_s"] - base["cpu_s"], verdicts),
+        "of_which_sys_ms": _per(run["sys_s"] - base["sys_s"], verdicts),
+        "context_switches_per_verdict": round(
+            (run["switches"] - base["switches"]) / max(1, verdicts), 1
+        ),
         "startup_cpu_s": round(base["cpu_s"], 2),
         "verdicts_per_s": round(verdicts / max(0.001, run["wall_s"] - base["wall_s"]), 1),
         "peak_pss_mb": run["peak_pss_mb"],

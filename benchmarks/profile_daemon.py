@@ -87,7 +87,9 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=1000)
     parser.add_argument("--rest", action="store_true", help="through an mlflow server")
     parser.add_argument("--gil", action="store_true", help="sample only the GIL holder")
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="a fixed number of judge calls; 0: adaptive"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None, help="keep the raw py-spy output")
     parser.add_argument(
@@ -132,8 +134,7 @@ def main() -> None:
             exp,
             "--once",
             "--no-export",
-            "--workers",
-            str(args.workers),
+            *(["--workers", str(args.workers)] if args.workers else []),
             "--log-level",
             "WARNING",
         ]

@@ -36,7 +36,7 @@ from mlflow.entities import Trace
 
 from mlflow_monitor_plugin.exceptions import MonitorError
 from mlflow_monitor_plugin.redact import add_secret_url, secret_urls
-from mlflow_monitor_plugin.scoring import limiter
+from mlflow_monitor_plugin.scoring import limiter, transport, usage
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 from mlflow_monitor_plugin.scoring.runner import LAZY_IMPORTS, JudgeRunner, ScoringSettings, Verdict
@@ -292,6 +292,10 @@ def _init_worker(
 
     configure_logging(logging.getLevelName(log_level))
     limiter.attach(board)
+    proxy_url = os.environ.get(usage.PROXY_URL_ENV)
+    if proxy_url:  # judge calls to the daemon's proxy over keep-alive connections
+        timeout = float(os.environ.get("MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS") or 600)
+        transport.install(proxy_url, transport.remote(proxy_url, timeout))
     _runner = JudgeRunner(settings)
     threading.Thread(
         target=_exit_with_daemon, args=(lifeline,), name="mlflow-monitor-lifeline", daemon=True

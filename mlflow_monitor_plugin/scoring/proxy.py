@@ -39,7 +39,7 @@ import urllib3
 
 from mlflow_monitor_plugin.config.prices import CATALOG_ENV, offline_catalog
 from mlflow_monitor_plugin.redact import add_secret_url
-from mlflow_monitor_plugin.scoring import limiter, usage
+from mlflow_monitor_plugin.scoring import limiter, transport, usage
 from mlflow_monitor_plugin.scoring.limiter import (
     DROPPED,
     IGNORED,
@@ -311,10 +311,12 @@ def judge_proxy(settings: ProxySettings | None = None) -> Iterator[JudgeProxy | 
     if gateway:  # MLflow calls {MLFLOW_GATEWAY_URI}/gateway/mlflow/v1/chat/completions
         routes[GATEWAY_URI_ENV] = proxy.url + GATEWAY_PREFIX
     os.environ.update({**routes, TIMEOUT_ENV: f"{budget:g}", usage.PROXY_URL_ENV: proxy.url})
+    transport.install(proxy.url, proxy.forward)  # this process: no loopback hop (transport.py)
     _logger.info("Judge calls go through a local proxy to the configured endpoint")
     try:
         yield proxy
     finally:
+        transport.uninstall()
         limiter.activate(None)
         usage.activate(None)
         proxy.stop()
