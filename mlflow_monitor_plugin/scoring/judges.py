@@ -67,6 +67,7 @@ class JudgeSpec:
     unavailable: str | None = None
     price: Price | None = None
     origin: str = "monitor"  # or "mlflow": started in MLflow's registry (config/registered.py)
+    shadow_of: str | None = None  # a shadow judge (scoring/shadow.py): the judge it stands beside
 
     def applies_to(self, trace: Trace) -> bool:
         return all(_has(trace, need) for need in self.needs - {"session"})
