@@ -101,13 +101,16 @@ def report_command(
     out: Path | None,
     output: str,
 ) -> None:
-    """Quality over time: pass rate per judge and window, with its 95% interval and trend.
+    """Quality over time: pass rate per judge and window, with its 95% interval and trend;
+    where the judge changed; how often people's labels agree with it.
 
     Recomputed from the verdicts in the tracking store. The interval is that of the rate among
     all traces (the sample stands for them); est_failing is the failing verdicts divided by
     the judge's sample rate; skipped counts sampled traces the daemon did not run the judge on
-    (no judge endpoint, say), which a backfill can score. --output json gives every window's
-    numbers.
+    (no judge endpoint, say), which a backfill can score. judge_fp is the judge's fingerprint
+    ('*': it changed there). labels, agreement and kappa compare people's labels (feedback
+    under the judge's name from a HUMAN source) with the judge's verdicts, with 95% intervals.
+    --output json gives every window's numbers.
 
     \b
     Examples:
@@ -136,12 +139,27 @@ def report_command(
     now_ms = int(time.time() * 1000)
     rows = report.windows(monitor, now_ms - since_ms, now_ms, window, list(judge_names) or None)
     advice = report.skipped_advice(monitor, rows)
+    changes = report.judge_changes(rows)
     if output == "json":
-        click.echo(json.dumps({"windows": rows, "skipped": advice}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {"windows": rows, "skipped": advice, "judge_changes": changes},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         _print_table(report.table_rows(rows, last), report.TABLE_COLUMNS)
         for line in advice:
             click.echo(line)
+        for change in changes:
+            click.echo(
+                f"{change['judge']}: judge changed in the window of "
+                f"{change['window']:%Y-%m-%d %H:%M}"
+                f" (fingerprint {change['before'] or '?'} -> {change['after']})"
+            )
+        if changes:
+            click.echo(report.CHANGED_NOTE)
     if out is not None:
         from mlflow_monitor_plugin.observe import charts
 

@@ -57,6 +57,19 @@ QUALITY_SCHEMA = pa.schema(
         ("judge_tokens", _I),
         ("judge_cost_usd", _F),
         ("judge_cost_unknown", _I),
+        ("fingerprint", pa.string()),  # the judge's most common fingerprint in the window
+        ("fingerprints", _I),  # distinct fingerprints: more than 1, the judge changed in it
+        ("judge_fingerprint", _F),  # the fingerprint as a number, charted
+        ("human_labels", _I),
+        ("human_agreed", _I),
+        ("human_agreement", _F),
+        ("human_agreement_low95", _F),
+        ("human_agreement_high95", _F),
+        ("human_kappa", _F),
+        ("human_kappa_low95", _F),
+        ("human_kappa_high95", _F),
+        ("human_overrides", _I),
+        ("human_invalid", _I),
         pa.field("computed_at", _TS, nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
     ],

@@ -52,6 +52,18 @@ def classify(value: Any) -> tuple[str, float | str | None]:
     return "other", text[:64]
 
 
+def category(kind: str, value: float | str | None = None) -> str:
+    """A verdict or label as one comparable category: ``yes``, ``no``, a number as text, or
+    the label (observe/labels.py pairs a judge's with a person's)."""
+    if kind == "pass":
+        return "yes"
+    if kind == "fail":
+        return "no"
+    if kind == "numeric" and isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
 def combine(kinds: list[tuple[str, float | str | None]]) -> tuple[str, float | str | None]:
     """One verdict from several feedbacks of one judge (one per retrieved chunk, say): pass only
     if every part passes, fail if any part fails, else the first part."""
@@ -81,6 +93,8 @@ class Outcome:
     rate: float | None = None  # the effective sample rate on this trace (budget included)
     tokens: int | None = None  # the judge's tokens for this verdict or error (None: unknown)
     cost_usd: float | None = None  # their cost (None: unknown)
+    fingerprint: str | None = None  # of the judge that made the verdict (scoring/fingerprint.py)
+    human: str | None = None  # a person's label for the judge on this trace (observe/labels.py)
 
 
 @dataclass
@@ -104,6 +118,9 @@ class Tally:
     costed: int = 0  # verdicts and errors whose cost is known
     uncosted: int = 0  # verdicts whose cost is unknown (tokens or price unknown)
     skipped: int = 0  # sampled, but the daemon did not run the judge (observe/skipped.py)
+    fingerprints: dict[str, int] = field(default_factory=dict)  # verdicts per judge fingerprint
+    # (the judge's category, a person's label) -> traces: agreement with people (labels.py)
+    pairs: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
         self.eligible += 1
@@ -132,6 +149,17 @@ class Tally:
             self.skipped += 1
         if kind in VERDICT_KINDS and outcome.seconds is not None:
             self.latencies.append(outcome.seconds)
+        if kind in VERDICT_KINDS:
+            self._add_trust(outcome)
+
+    def _add_trust(self, outcome: Outcome) -> None:
+        if outcome.fingerprint:
+            self.fingerprints[outcome.fingerprint] = (
+                self.fingerprints.get(outcome.fingerprint, 0) + 1
+            )
+        if outcome.human is not None:
+            pair = (category(outcome.kind, outcome.value), outcome.human)
+            self.pairs[pair] = self.pairs.get(pair, 0) + 1
 
     def _add_cost(self, outcome: Outcome) -> None:
         self.tokens += outcome.tokens or 0
@@ -163,6 +191,8 @@ class Tally:
             self.costed + other.costed,
             self.uncosted + other.uncosted,
             self.skipped + other.skipped,
+            fingerprints=_summed(self.fingerprints, other.fingerprints),
+            pairs=_summed(self.pairs, other.pairs),
         )
 
     @property
@@ -213,6 +243,13 @@ class Tally:
         if not self.sampled:
             return float(judged)
         return judged * self.eligible / self.sampled
+
+
+def _summed(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
+    out = dict(a)
+    for key, n in b.items():
+        out[key] = out.get(key, 0) + n
+    return out
 
 
 def tally(outcomes: Iterable[Outcome]) -> Tally:
