@@ -23,7 +23,7 @@ from mlflow_monitor_plugin.observe.windows import Outcome, Tally
 def kappa_by_hand(labels_a, labels_b):
     """Cohen (1960) on two lists of labels: observed minus chance agreement, scaled."""
     n = len(labels_a)
-    observed = sum(a == b for a, b in zip(labels_a, labels_b)) / n
+    observed = sum(a == b for a, b in zip(labels_a, labels_b, strict=True)) / n
     chance = sum(
         (labels_a.count(c) / n) * (labels_b.count(c) / n) for c in set(labels_a) | set(labels_b)
     )
@@ -32,7 +32,7 @@ def kappa_by_hand(labels_a, labels_b):
 
 def pairs_of(labels_a, labels_b):
     pairs = {}
-    for key in zip(labels_a, labels_b):
+    for key in zip(labels_a, labels_b, strict=True):
         pairs[key] = pairs.get(key, 0) + 1
     return pairs
 
@@ -48,11 +48,11 @@ def test_kappa_equals_cohens_definition_on_random_labels(seed):
     assert -1 <= low < value < high <= 1
     numbers = agreement(pairs_of(a, b))
     assert numbers["n"] == len(a)
-    assert numbers["agreed"] == sum(x == y for x, y in zip(a, b))
+    assert numbers["agreed"] == sum(x == y for x, y in zip(a, b, strict=True))
     assert numbers["agreement_low95"] < numbers["agreement"] < numbers["agreement_high95"]
     matrix = confusion(pairs_of(a, b))
     assert sum(sum(row.values()) for row in matrix.values()) == len(a)
-    assert matrix["yes"]["no"] == sum(x == "yes" and y == "no" for x, y in zip(a, b))
+    assert matrix["yes"]["no"] == sum(x == "yes" and y == "no" for x, y in zip(a, b, strict=True))
 
 
 def test_kappa_is_undefined_when_chance_explains_everything_and_wide_with_few_labels():
@@ -135,13 +135,14 @@ def test_a_label_must_be_what_the_judge_gives(judge, name, good, bad, allowed):
 
 def test_trust_numbers_of_a_tally_count_pairs_fingerprints_and_invalid_labels():
     tally = Tally()
-    outcomes = [("pass", "yes", "f1"), ("pass", "no", "f1"), ("fail", "no", "f2"),
-                ("pass", None, "f2"), ("fail", "7", "f2")]  # fmt: skip
-    for kind, human, fp in outcomes:
-        tally.add(Outcome(True, kind, fingerprint=fp, human=human))
+    outcomes = [("pass", "yes", "f2", 5), ("pass", "no", "f1", 1), ("fail", "no", "f2", 4),
+                ("pass", None, "f1", 9), ("fail", "7", "f2", 2)]  # fmt: skip
+    for kind, human, fp, at in outcomes:
+        tally.add(Outcome(True, kind, created_ms=at, fingerprint=fp, human=human))
     tally = tally.merge(Tally())  # merging keeps them
     numbers = trust_stats(tally.pairs, tally.fingerprints, LabelSpace("yes/no"))
     assert numbers["human_labels"] == 3 and numbers["human_agreed"] == 2
     assert numbers["human_overrides"] == 1 and numbers["human_invalid"] == 1
-    assert numbers["fingerprints"] == 2 and numbers["fingerprint"] == "f2"
+    assert numbers["fingerprints"] == 2  # f1 wrote the newest verdict, f2 before it
+    assert (numbers["fingerprint"], numbers["fingerprint_before"]) == ("f1", "f2")
     assert numbers["human_agreement"] == pytest.approx(2 / 3)

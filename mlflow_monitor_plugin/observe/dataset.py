@@ -57,7 +57,8 @@ QUALITY_SCHEMA = pa.schema(
         ("judge_tokens", _I),
         ("judge_cost_usd", _F),
         ("judge_cost_unknown", _I),
-        ("fingerprint", pa.string()),  # the judge's most common fingerprint in the window
+        ("fingerprint", pa.string()),  # the fingerprint of the window's newest verdict
+        ("fingerprint_before", pa.string()),  # the one before it, when the judge changed here
         ("fingerprints", _I),  # distinct fingerprints: more than 1, the judge changed in it
         ("judge_fingerprint", _F),  # the fingerprint as a number, charted
         ("human_labels", _I),

@@ -137,16 +137,19 @@ def trust_stats(
     fingerprints: Mapping[str, int],
     space: LabelSpace | None = None,
 ) -> dict[str, Any]:
-    """A window's fingerprint and agreement-with-people numbers, from a tally's counts:
-    ``pairs`` (judge's label, person's label) -> traces, ``fingerprints`` -> verdicts."""
+    """A window's fingerprints and agreement-with-people numbers, from a tally's counts:
+    ``pairs`` (judge's label, person's label) -> traces, ``fingerprints`` -> when its newest
+    verdict was written. ``fingerprint`` is the newest judge's; ``fingerprint_before`` the one
+    before it in the window, when the judge changed in it."""
     space = space or ANY
     valid = {k: n for k, n in pairs.items() if space.allows(k[1])}
     numbers = agreement(valid)
-    dominant = min(fingerprints, key=lambda f: (-fingerprints[f], f)) if fingerprints else None
+    newest = sorted(fingerprints, key=lambda f: (fingerprints[f], f), reverse=True)
     return {
-        "fingerprint": dominant,
+        "fingerprint": newest[0] if newest else None,
+        "fingerprint_before": newest[1] if len(newest) > 1 else None,
         "fingerprints": len(fingerprints),
-        "judge_fingerprint": fingerprint_number(dominant),
+        "judge_fingerprint": fingerprint_number(newest[0] if newest else None),
         "human_labels": numbers["n"],
         "human_agreed": numbers["agreed"],
         "human_agreement": numbers["agreement"],

@@ -98,7 +98,9 @@ def changed_windows(judge_rows: list[dict[str, Any]]) -> list[tuple[dict[str, An
     changed, before = [], None
     for row in judge_rows:
         now = row.get("fingerprint")
-        if (row.get("fingerprints") or 0) > 1 or (before and now and now != before):
+        if (row.get("fingerprints") or 0) > 1:
+            changed.append((row, row.get("fingerprint_before") or before))
+        elif before and now and now != before:
             changed.append((row, before))
         before = now or before
     return changed

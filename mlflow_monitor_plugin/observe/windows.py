@@ -118,7 +118,8 @@ class Tally:
     costed: int = 0  # verdicts and errors whose cost is known
     uncosted: int = 0  # verdicts whose cost is unknown (tokens or price unknown)
     skipped: int = 0  # sampled, but the daemon did not run the judge (observe/skipped.py)
-    fingerprints: dict[str, int] = field(default_factory=dict)  # verdicts per judge fingerprint
+    # judge fingerprint -> when its newest verdict here was written (ms; 0: unknown)
+    fingerprints: dict[str, int] = field(default_factory=dict)
     # (the judge's category, a person's label) -> traces: agreement with people (labels.py)
     pairs: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -154,9 +155,8 @@ class Tally:
 
     def _add_trust(self, outcome: Outcome) -> None:
         if outcome.fingerprint:
-            self.fingerprints[outcome.fingerprint] = (
-                self.fingerprints.get(outcome.fingerprint, 0) + 1
-            )
+            stamp = max(outcome.created_ms or 0, self.fingerprints.get(outcome.fingerprint, 0))
+            self.fingerprints[outcome.fingerprint] = stamp
         if outcome.human is not None:
             pair = (category(outcome.kind, outcome.value), outcome.human)
             self.pairs[pair] = self.pairs.get(pair, 0) + 1
@@ -191,7 +191,7 @@ class Tally:
             self.costed + other.costed,
             self.uncosted + other.uncosted,
             self.skipped + other.skipped,
-            fingerprints=_summed(self.fingerprints, other.fingerprints),
+            fingerprints=_newest(self.fingerprints, other.fingerprints),
             pairs=_summed(self.pairs, other.pairs),
         )
 
@@ -250,6 +250,10 @@ def _summed(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
     for key, n in b.items():
         out[key] = out.get(key, 0) + n
     return out
+
+
+def _newest(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {key: max(a.get(key, 0), b.get(key, 0)) for key in a.keys() | b.keys()}
 
 
 def tally(outcomes: Iterable[Outcome]) -> Tally:
