@@ -181,7 +181,7 @@ def _print_table(rows: list[dict[str, str]], columns: list[str]) -> None:
     table = Table(*columns)
     for row in rows:
         table.add_row(*(row[c] for c in columns))
-    Console(file=sys.stdout, width=180).print(table)
+    Console(file=sys.stdout, width=220).print(table)
 
 
 COMMANDS = [report_command]

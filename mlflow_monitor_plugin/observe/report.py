@@ -116,13 +116,6 @@ def judge_changes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _interval(value: float | None, low: float | None, high: float | None, pct: bool) -> str:
-    if value is None:
-        return "-"
-    show = _pct if pct else (lambda v: f"{v:.2f}")
-    return f"{show(value)} ({show(low)}–{show(high)})"
-
-
 def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
     """The last ``last`` windows of each judge as printable cells, with a trend arrow each
     and ``*`` after the fingerprint of a window where the judge changed."""
@@ -158,18 +151,8 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
                     "latency_p95": _num(row["latency_p95"], 2),
                     "judge_fp": fingerprint,
                     "labels": str(row.get("human_labels") or 0),
-                    "agreement": _interval(
-                        row.get("human_agreement"),
-                        row.get("human_agreement_low95"),
-                        row.get("human_agreement_high95"),
-                        True,
-                    ),
-                    "kappa": _interval(
-                        row.get("human_kappa"),
-                        row.get("human_kappa_low95"),
-                        row.get("human_kappa_high95"),
-                        False,
-                    ),
+                    "agree": _pct(row.get("human_agreement")),
+                    "kappa": _num(row.get("human_kappa"), 2),
                 }  # fmt: skip
             )
     return printable
@@ -177,12 +160,12 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
 
 TABLE_COLUMNS = [
     "judge", "window", "traces", "sampled", "verdicts", "skipped", "pass_rate", "95%", "trend",
-    "errors", "est_failing", "latency_p50", "latency_p95", "judge_fp", "labels", "agreement",
-    "kappa",
+    "errors", "est_failing", "latency_p50", "latency_p95", "judge_fp", "labels", "agree", "kappa",
 ]  # fmt: skip
 CHANGED_NOTE = (
     "judge_fp: the judge's fingerprint (model, prompt, options, MLflow version); '*' marks a "
-    "window where it changed, so a step there may be the judge's, not the traffic's."
+    "window where it changed, so a step there may be the judge's, not the traffic's. labels, "
+    "agree, kappa: people's labels beside the judge (intervals: --output json)."
 )
 
 
