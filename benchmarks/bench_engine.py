@@ -9,6 +9,10 @@ this process logs traces one at a time; for each trace we record when it finishe
 of its verdicts became visible to a reader polling the store every 50 ms.
 Throughput: `run --once`-style catch-up over N pending traces x 3 judges, the fake judge
 answering instantly; compared with raw `mlflow.log_feedback` calls on the same store.
+Shadow (``--shadow-traces N``, ``--only-shadow``): the CPU per verdict of a `run --once`
+subprocess over N traces with one LLM judge, the judge and a shadow, and the judge and a second
+judge identical to the shadow (issue 27: a shadow should cost what its judge calls cost, no
+more than a second judge); the subprocess's start-up CPU is measured apart and subtracted.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -122,6 +127,82 @@ def measure_throughput(root: Path, traces: int, workers: int) -> dict:
     }
 
 
+CUSTOM = "Is this answer safe? Answer yes or no. {{ outputs }}"
+CANDIDATE = "CANDIDATE prompt: is this answer safe? Answer yes or no. {{ outputs }}"
+SHADOW_SUITES = {
+    "one_judge": {"assessments": [{"kind": "custom", "name": "safety", "instructions": CUSTOM}]},
+    "judge_and_shadow": {
+        "assessments": [{"kind": "custom", "name": "safety", "instructions": CUSTOM}],
+        "shadows": {"safety": {"kind": "custom", "name": "safety", "instructions": CANDIDATE}},
+    },
+    "two_judges": {
+        "assessments": [
+            {"kind": "custom", "name": "safety", "instructions": CUSTOM},
+            {"kind": "custom", "name": "safety_b", "instructions": CANDIDATE},
+        ]
+    },
+}
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_once(uri: str, experiment_id: str, workers: int) -> tuple[float, float]:
+    """CPU seconds and wall seconds of one `mlflow monitor run --once` subprocess."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
+           "MLFLOW_MONITOR_DISABLE_CLI_HOOK": "1"}  # fmt: skip
+    cpu, wall = _child_cpu(), time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "mlflow_monitor_plugin.cli", "run", "-x", experiment_id, "--once",
+         "--no-export", "--workers", str(workers), "--log-level", "WARNING"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    return _child_cpu() - cpu, time.perf_counter() - wall
+
+
+def measure_shadow_cost(root: Path, traces: int, workers: int, judge: FakeJudge) -> dict:
+    """CPU per verdict of a catch-up with a shadow on, against one judge and two judges."""
+    from mlflow_monitor_plugin.discovery.timerange import TimeRange
+    from mlflow_monitor_plugin.engine.shadow import compare
+
+    uri = f"sqlite:///{root / 'startup.db'}"
+    mlflow.set_tracking_uri(uri)
+    empty = mlflow.set_experiment("startup").experiment_id
+    create_external_monitor(catalog_name="w", schema_name="d",
+                            assessments_config=SHADOW_SUITES["one_judge"])  # fmt: skip
+    startup = min(_run_once(uri, empty, workers)[0] for _ in range(2))
+    results: dict = {"traces": traces, "startup_cpu_s": round(startup, 2)}
+    for name, suite in SHADOW_SUITES.items():
+        uri = f"sqlite:///{root / (name + '.db')}"
+        mlflow.set_tracking_uri(uri)
+        experiment_id = mlflow.set_experiment(name).experiment_id
+        log_traces(traces, retriever=False)
+        create_external_monitor(catalog_name="w", schema_name="d", assessments_config=suite)
+        calls = judge.count("ok")
+        cpu, wall = _run_once(uri, experiment_id, workers)
+        found = mlflow.search_traces(locations=[experiment_id], return_type="list")
+        verdicts = sum(len(t.info.assessments) for t in found)
+        work = cpu - startup
+        results[name] = {
+            "verdicts": verdicts, "judge_calls": judge.count("ok") - calls,
+            "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+            "cpu_ms_per_verdict": round(1000 * work / verdicts, 2),
+        }  # fmt: skip
+        if name == "judge_and_shadow":
+            window = TimeRange(0, int(time.time() * 1000) + 1, "all")
+            results[name]["compare_pairs"] = compare(experiment_id, "safety", window).to_dict()[
+                "pairs"
+            ]
+    one = results["one_judge"]
+    for name in ("judge_and_shadow", "two_judges"):
+        extra = results[name]["verdicts"] - one["verdicts"]
+        added = (results[name]["cpu_s"] - one["cpu_s"]) / extra if extra else None
+        results[name]["cpu_ms_per_added_verdict"] = round(1000 * added, 2) if added else None
+    return results
+
+
 def raw_feedback_rate(root: Path, writes: int, threads: int) -> float:
     uri = f"sqlite:///{root / 'raw.db'}"
     mlflow.set_tracking_uri(uri)
@@ -144,11 +225,19 @@ def main() -> None:
     parser.add_argument("--throughput-traces", type=int, default=1000)
     parser.add_argument("--intervals", default="1,3")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--shadow-traces", type=int, default=0, help="also measure a shadow")
+    parser.add_argument("--only-shadow", action="store_true", help="only the shadow's cost")
     args = parser.parse_args()
     summary: dict = {}
     with FakeJudge(JudgeBehaviour()) as judge, tempfile.TemporaryDirectory() as tmp:
         os.environ.update(OPENAI_API_BASE=judge.url, OPENAI_API_KEY="sk-bench-not-a-key")
         root = Path(tmp)
+        if args.shadow_traces or args.only_shadow:
+            traces = args.shadow_traces or 500
+            summary["shadow"] = measure_shadow_cost(root, traces, args.workers, judge)
+            if args.only_shadow:
+                print(json.dumps(summary, indent=2))
+                return
         summary["latency"] = [
             measure_latency(root / f"i{interval}", args.latency_traces, float(interval))
             for interval in args.intervals.split(",")

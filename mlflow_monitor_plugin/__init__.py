@@ -11,6 +11,7 @@ from mlflow_monitor_plugin.config.api import (
     delete_external_monitor,
     get_external_monitor,
     list_external_monitors,
+    promote_shadow,
     update_external_monitor,
 )
 from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge
@@ -20,6 +21,7 @@ from mlflow_monitor_plugin.config.model import (
     ExternalMonitor,
     GuidelinesJudge,
 )
+from mlflow_monitor_plugin.engine.shadow import compare_shadow
 from mlflow_monitor_plugin.exceptions import (
     ExportError,
     MonitorConfigError,
@@ -49,9 +51,11 @@ __all__ = [
     "RedactionPolicy",
     "WebhookTarget",
     "__version__",
+    "compare_shadow",
     "create_external_monitor",
     "delete_external_monitor",
     "get_external_monitor",
     "list_external_monitors",
+    "promote_shadow",
     "update_external_monitor",
 ]

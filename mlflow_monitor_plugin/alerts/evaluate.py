@@ -63,6 +63,10 @@ def _rate_of(rule: AlertRule, window: WindowStats, confidence: float | None = No
     level = rule.confidence if confidence is None else confidence
     if rule.metric == "pass_rate":
         return window.pass_rate(level)
+    if rule.metric == "agreement":
+        return window.agreement(level)
+    if rule.metric == "human_overrides":
+        return window.human_overrides(level)
     return window.error_rate(level)
 
 
@@ -125,4 +129,5 @@ def evaluate(
         if window is not None and _rate_of(rule, window).n >= rule.min_verdicts:
             return _judge_rate(rule, window, filling)
     have = _rate_of(rule, current).n if current is not None else 0
-    return Evaluation(judged=False, n=have, reason=f"{have} of {rule.min_verdicts} verdicts needed")
+    what = "labels" if rule.metric == "agreement" else "verdicts"
+    return Evaluation(judged=False, n=have, reason=f"{have} of {rule.min_verdicts} {what} needed")

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlflow_monitor_plugin.alerts.evaluate import Evaluation
-from mlflow_monitor_plugin.config.alerts import AlertRule
+from mlflow_monitor_plugin.config.alerts import RATE_METRICS, AlertRule
 from mlflow_monitor_plugin.redaction import Masker
 
 MESSAGE_TYPE = "mlflow_monitor.alert"
@@ -22,10 +22,11 @@ def _pct(value: float | None) -> str:
 
 
 def _observed(rule: AlertRule, evaluation: Evaluation) -> str:
-    if rule.metric in ("pass_rate", "error_rate"):
+    if rule.metric in RATE_METRICS:
         level = f"{(evaluation.confidence or rule.confidence) * 100:.4g}%"
         ci = f"{level} CI {_pct(evaluation.low)}-{_pct(evaluation.high)}"
-        return f"{_pct(evaluation.value)} ({ci}, {evaluation.n} verdicts)"
+        what = "labels" if rule.metric == "agreement" else "verdicts"
+        return f"{_pct(evaluation.value)} ({ci}, {evaluation.n} {what})"
     if rule.metric == "lag_seconds":
         return f"{evaluation.value:.0f}s" if evaluation.value is not None else "n/a"
     if rule.metric == "budget_factor":
@@ -34,7 +35,7 @@ def _observed(rule: AlertRule, evaluation: Evaluation) -> str:
 
 
 def _threshold(rule: AlertRule) -> str:
-    if rule.metric in ("pass_rate", "error_rate"):
+    if rule.metric in RATE_METRICS:
         return _pct(rule.threshold)
     if rule.metric == "budget_factor":
         return f"x{rule.threshold:g}"

@@ -24,6 +24,8 @@ from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint, lag_ms
 from mlflow_monitor_plugin.discovery.traces import TraceSource
 from mlflow_monitor_plugin.observe.collect import draws_of, outcomes, window_strata
 from mlflow_monitor_plugin.observe.estimate import Cell
+from mlflow_monitor_plugin.observe.labels import label_spaces, trust_stats
+from mlflow_monitor_plugin.observe.windows import VERDICT_KINDS, category
 from mlflow_monitor_plugin.scoring.feedback import MONITOR_KEY
 
 __all__ = ["MONITOR_KEY", "StoreWindows", "judge_rate"]
@@ -42,6 +44,20 @@ def judge_rate(monitor: ExternalMonitor, name: str) -> float:
             rate = judge.sample_rate
             return suite.default_rate if rate is None else rate
     return suite.default_rate
+
+
+def _agreement(
+    monitor: ExternalMonitor, judge: str | None, pairs: dict[tuple[str, str], int], scored: int
+) -> dict[str, int]:
+    """A window's people's labels and agreements, counted as the quality windows do."""
+    if judge is None:
+        return {}
+    numbers = trust_stats(pairs, {}, label_spaces(monitor).get(judge))
+    return {
+        "scored": scored,
+        "labels": numbers["human_labels"],
+        "agreements": numbers["human_agreed"],
+    }
 
 
 class StoreWindows:
@@ -77,7 +93,8 @@ class StoreWindows:
     ) -> WindowStats:
         rate = judge_rate(monitor, judge) if judge else 1.0
         judges = ((judge, rate),) if judge else ()
-        counts = {"traces": 0, "sampled": 0, "pass": 0, "fail": 0, "error": 0}
+        counts = {"traces": 0, "sampled": 0, "pass": 0, "fail": 0, "error": 0, "scored": 0}
+        pairs: dict[tuple[str, str], int] = {}
         failing: list[str] = []
         cells: dict[tuple[str | None, float | None], Cell] = {}  # a stratified judge's
         strata = window_strata(monitor) if judge else {}
@@ -99,6 +116,11 @@ class StoreWindows:
                 counts["sampled"] += 1
                 if outcome.kind in counts:
                     counts[outcome.kind] += 1
+                if outcome.kind in VERDICT_KINDS:
+                    counts["scored"] += 1
+                    if outcome.human is not None:
+                        pair = (category(outcome.kind, outcome.value), outcome.human)
+                        pairs[pair] = pairs.get(pair, 0) + 1
                 if outcome.kind == "fail" and len(failing) < MAX_FAILING_IDS:
                     failing.append(info.trace_id)
         return WindowStats(
@@ -114,6 +136,7 @@ class StoreWindows:
             sample_rate=rate,
             failing_trace_ids=tuple(failing),
             cells=tuple(cells.values()),
+            **_agreement(monitor, judge, pairs, counts["scored"]),
         )
 
     def lag_seconds(self, monitor: ExternalMonitor, tags: dict[str, str]) -> float | None:

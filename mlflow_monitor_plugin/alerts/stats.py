@@ -104,6 +104,9 @@ class WindowStats:
     failing_trace_ids: tuple[str, ...] = ()
     # per stratum and inclusion probability (observe/estimate.py), when sampled unevenly
     cells: tuple[Cell, ...] = field(default=(), compare=False)
+    scored: int = 0  # verdicts of every kind (yes/no, numbers, labels)
+    labels: int = 0  # people's labels paired with a verdict (observe/labels.py)
+    agreements: int = 0  # of those, the ones agreeing with the judge
 
     @property
     def end_ms(self) -> int:
@@ -121,6 +124,14 @@ class WindowStats:
     def error_rate(self, confidence: float = 0.95) -> Rate:
         """The share of judge calls that ended in an error."""
         return Rate(self.errors, self.verdicts + self.errors, confidence)
+
+    def agreement(self, confidence: float = 0.95) -> Rate:
+        """The share of people's labels that agree with the judge."""
+        return Rate(self.agreements, self.labels, confidence)
+
+    def human_overrides(self, confidence: float = 0.95) -> Rate:
+        """The share of the judge's verdicts that a person labelled otherwise."""
+        return Rate(self.labels - self.agreements, max(self.scored, self.labels), confidence)
 
     @property
     def estimated_failing(self) -> float:

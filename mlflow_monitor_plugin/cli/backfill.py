@@ -258,6 +258,12 @@ def _day(ms: int) -> str:
     "--value", default="no", show_default=True, help="The verdict value to collect, e.g. 'no'."
 )
 @click.option(
+    "--disagreement",
+    is_flag=True,
+    help="Instead of a value: the traces where a person's label for the judge differs from "
+    "its verdict, with both labels (for judge.align() or to fix the prompt).",
+)
+@click.option(
     "--since", default="7d", show_default=True, metavar="WHEN", help=f"Start: {RANGE_HELP}."
 )
 @click.option("--until", metavar="WHEN", help="End, excluded (a date: through that day).")
@@ -276,6 +282,7 @@ def curate_command(
     experiment_name: str | None,
     judge: str,
     value: str,
+    disagreement: bool,
     since: str,
     until: str | None,
     limit: int | None,
@@ -293,6 +300,7 @@ def curate_command(
     Examples:
       mlflow monitor curate -x 1 --judge safety --value no --dataset unsafe-answers
       mlflow monitor curate -x 1 --judge polite --since 30d --limit 200 --dataset rude
+      mlflow monitor curate -x 1 --judge safety --disagreement --dataset safety-disagreements
     """
     from mlflow_monitor_plugin.config import api
     from mlflow_monitor_plugin.engine.curate import curate
@@ -302,14 +310,19 @@ def curate_command(
         experiment_id=experiment_id, experiment_name=experiment_name
     ).experiment_id
     try:
-        result = curate(exp_id, judge, value, window, dataset, limit, fallback_path)
+        result = curate(exp_id, judge, value, window, dataset, limit, fallback_path, disagreement)
     except MonitorConfigError as e:
         raise click.UsageError(str(e)) from None
     if output == "json":
         click.echo(json.dumps({k: v for k, v in result.__dict__.items()}, indent=2))
         return
+    what = (
+        f"a person's label differing from the {judge!r} verdict"
+        if disagreement
+        else f"a {judge!r} verdict of {value!r}"
+    )
     found = (
-        f"{result.matched} of {result.scanned} traces have a {judge!r} verdict of {value!r}; "
+        f"{result.matched} of {result.scanned} traces have {what}; "
         f"{result.added} added, {result.already_there} already there"
         + (f", {result.no_inputs} without inputs skipped" if result.no_inputs else "")
     )

@@ -20,6 +20,7 @@ from mlflow_monitor_plugin.cli import judges as cli_judges
 from mlflow_monitor_plugin.cli import plan as cli_plan
 from mlflow_monitor_plugin.cli import quality as cli_quality
 from mlflow_monitor_plugin.cli import run as cli_run
+from mlflow_monitor_plugin.cli import trust as cli_trust
 from mlflow_monitor_plugin.cli.cost import cost_for_cli, cost_options
 from mlflow_monitor_plugin.cli.options import experiment_options, handle_errors, output_option
 from mlflow_monitor_plugin.cli.pii import pii_for_cli, pii_options
@@ -254,6 +255,7 @@ def get_command(experiment_id: str | None, experiment_name: str | None, output: 
 @experiment_options
 @suite_options
 @stratum_option
+@cli_trust.shadow_option
 @cli_alerts.alert_option
 @cost_options
 @pii_options
@@ -270,6 +272,7 @@ def update_command(
     model: str | None,
     paused: bool,
     strata_specs: tuple[str, ...],
+    shadow_specs: tuple[str, ...],
     alert_specs: tuple[str, ...],
     daily_budget_usd: str | None,
     call_cost_usd: str | None,
@@ -285,6 +288,10 @@ def update_command(
 ) -> None:
     """Replace the monitor's assessments config whole. The export location stays.
 
+    --shadow alone keeps the judges and changes only their shadows: a candidate judge runs
+    beside the judge on the same sampled traces, its verdicts under shadow/NAME
+    (see `mlflow monitor compare` and `promote`, docs/judges-trust.md).
+
     Alert rules stay unless --alert or the file's 'alerts' key gives new ones; the cost
     settings stay unless a cost flag or the file's 'cost' key changes them; the redaction
     policy stays unless a --pii flag or the file's 'pii' key changes it (files already
@@ -294,12 +301,22 @@ def update_command(
     Example:
       mlflow monitor update -x 1 --judge safety --sample 0.2
       mlflow monitor update -x 1 --judge safety --daily-budget-usd 2.5 --price gpt-4.1-mini=0.4,1.6
+      mlflow monitor update -x 1 --shadow "safety={model: 'openai:/gpt-4.1-nano'}"
     """
     data = _read_file(config_file) if config_file else None
-    suite = AssessmentsSuiteConfig.from_dict(
-        with_strata(build_suite(data, judges, guidelines, sample, model, paused), strata_specs)
-    )
     before = api.get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    only_shadows = shadow_specs and not (
+        data or judges or guidelines or sample is not None or model or paused or strata_specs
+    )
+    if only_shadows:
+        suite_data = before.assessments_config.to_dict()
+    else:
+        suite_data = with_strata(
+            build_suite(data, judges, guidelines, sample, model, paused), strata_specs
+        )
+    if shadow_specs:
+        suite_data = cli_trust.apply_shadows(suite_data, shadow_specs)
+    suite = AssessmentsSuiteConfig.from_dict(suite_data)
     cost = cost_for_cli(data, before.cost, daily_budget_usd, call_cost_usd, prices, pace)
     pii = pii_for_cli(data, before.pii, pii_kinds, pii_mode, pii_patterns, pii_where)
     if show_plan:
@@ -383,6 +400,7 @@ for command in (
     + cli_backfill.COMMANDS
     + cli_quality.COMMANDS
     + cli_plan.COMMANDS
+    + cli_trust.COMMANDS
 ):
     monitor.add_command(command)
 

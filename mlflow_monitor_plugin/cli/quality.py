@@ -108,15 +108,18 @@ def report_command(
     by_stratum: bool,
     output: str,
 ) -> None:
-    """Quality over time: pass rate per judge and window, with its 95% interval and trend.
+    """Quality over time: pass rate per judge and window, with its 95% interval and trend;
+    where the judge changed; how often people's labels agree with it.
 
     Recomputed from the verdicts in the tracking store. The interval is that of the rate among
     all traces (the sample stands for them); est_failing is the failing verdicts divided by
     the judge's sample rate; skipped counts sampled traces the daemon did not run the judge on
     (no judge endpoint, say), which a backfill can score. A judge with strata (or a daily
     budget that changed its rate in a window) has its verdicts weighted by their inclusion
-    probability: the rate, interval and est_failing still stand for all traces. --output json
-    gives every window's numbers.
+    probability: the rate, interval and est_failing still stand for all traces. judge_fp is
+    the judge's fingerprint ('*': it changed there). labels, agreement and kappa compare
+    people's labels (feedback under the judge's name from a HUMAN source) with the judge's
+    verdicts, with 95% intervals. --output json gives every window's numbers.
 
     \b
     Examples:
@@ -150,8 +153,10 @@ def report_command(
     advice = report.skipped_advice(monitor, rows)
     own = set(monitor.assessments_config.feedback_names)
     from_mlflow = sorted({r["judge"] for r in rows} - own)
+    changes = report.judge_changes(rows)
     if output == "json":
-        data = {"windows": rows, "skipped": advice, "judges_from_mlflow": from_mlflow}
+        data = {"windows": rows, "skipped": advice, "judge_changes": changes,
+                "judges_from_mlflow": from_mlflow}  # fmt: skip
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         _print_table(report.table_rows(rows, last), report.TABLE_COLUMNS)
@@ -159,6 +164,14 @@ def report_command(
             click.echo(f"judges configured in MLflow (its Judges page): {', '.join(from_mlflow)}")
         for line in advice:
             click.echo(line)
+        for change in changes:
+            click.echo(
+                f"{change['judge']}: judge changed in the window of "
+                f"{change['window']:%Y-%m-%d %H:%M}"
+                f" (fingerprint {change['before'] or '?'} -> {change['after']})"
+            )
+        if changes:
+            click.echo(report.CHANGED_NOTE)
     if out is not None:
         from mlflow_monitor_plugin.observe import charts
 
@@ -180,7 +193,7 @@ def _print_table(rows: list[dict[str, str]], columns: list[str]) -> None:
     table = Table(*columns)
     for row in rows:
         table.add_row(*(row[c] for c in columns))
-    Console(file=sys.stdout, width=180).print(table)
+    Console(file=sys.stdout, width=220).print(table)
 
 
 COMMANDS = [report_command]

@@ -22,7 +22,10 @@ METRICS: dict[str, tuple[str, bool, bool]] = {
     "lag_seconds": ("above", False, False),
     "volume": ("below", False, False),
     "budget_factor": ("below", True, False),  # the daily budget's factor on the sample rates
+    "agreement": ("below", True, True),  # people's labels agreeing with the judge (labels.py)
+    "human_overrides": ("above", True, True),  # the judge's verdicts people corrected
 }
+RATE_METRICS = ("pass_rate", "error_rate", "agreement", "human_overrides")
 FORMATS = ("json", "slack")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -112,6 +115,9 @@ class AlertRule:
     ``lag_seconds`` (above) is the daemon's lag behind the newest trace; ``volume`` (below) is the
     traces of the last complete window. ``budget_factor`` (below) is the factor by which the
     daily budget scales the sample rates now (``budget_factor<1``: the budget binds).
+    ``agreement`` (below) is the share of people's labels (feedback under the judge's name
+    from a HUMAN source) that agree with the judge's verdict, from ``min_verdicts`` labels;
+    ``human_overrides`` (above) the share of the judge's verdicts a person labelled otherwise.
     ``repeat_every`` re-sends a firing incident's message.
     """
 

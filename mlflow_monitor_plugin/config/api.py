@@ -26,6 +26,7 @@ from mlflow_monitor_plugin.config.model import (
     check_identifier,
 )
 from mlflow_monitor_plugin.config.prices import CostConfig, cost_from
+from mlflow_monitor_plugin.config.shadows import promoted
 from mlflow_monitor_plugin.config.tags import CONFIG_TAG, MonitorTags
 from mlflow_monitor_plugin.exceptions import (
     MonitorConfigError,
@@ -257,6 +258,26 @@ def update_external_monitor(
             exp_id, ", ".join(added), backfill_command(updated, added),
         )  # fmt: skip
     return updated
+
+
+def promote_shadow(
+    *, judge: str, experiment_id: str | None = None, experiment_name: str | None = None
+) -> ExternalMonitor:
+    """Make the shadow of ``judge`` the judge, in one config update: from the daemon's next
+    pass the candidate scores the traces the judge has not (under the judge's name, so its
+    windows go on), and no trace the judge scored is scored again. The judge's sample rate and
+    filter carry over unless the candidate sets its own. ``MonitorConfigError`` when the judge
+    has no shadow."""
+    current = get_external_monitor(experiment_id=experiment_id, experiment_name=experiment_name)
+    suite = current.assessments_config
+    judges, shadows = promoted(list(suite.assessments or []), dict(suite.shadows or {}), judge)
+    new_suite = AssessmentsSuiteConfig(
+        sample=suite.sample, paused=suite.paused, assessments=judges, model=suite.model,
+        strata=suite.strata, shadows=shadows or None, shadows_in_budget=suite.shadows_in_budget,
+    )  # fmt: skip
+    return update_external_monitor(
+        assessments_config=new_suite, experiment_id=current.experiment_id
+    )
 
 
 def added_judges(before: ExternalMonitor, after: ExternalMonitor) -> list[str]:

@@ -22,6 +22,8 @@ from mlflow_monitor_plugin.config.checks import (
 )
 from mlflow_monitor_plugin.config.custom import CodeJudge, CustomJudge, custom_judge_from_dict
 from mlflow_monitor_plugin.config.prices import CostConfig, cost_from
+from mlflow_monitor_plugin.config.shadows import check_shadows
+from mlflow_monitor_plugin.config.shadows import describe as describe_shadows
 from mlflow_monitor_plugin.config.strata import Stratum, describe, refuse_on_session, strata_from
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 from mlflow_monitor_plugin.redaction.policy import RedactionPolicy, policy_from
@@ -188,13 +190,19 @@ def judge_from_dict(value: Any, index: int = 0) -> Judge:
 
 @dataclass
 class AssessmentsSuiteConfig:
-    """What a monitor runs: the judges, the default sample rate, an optional judge model."""
+    """What a monitor runs: the judges, the default sample rate, an optional judge model.
+
+    ``shadows`` maps a judge's name to a candidate run beside it on the same sampled traces
+    (config/shadows.py); ``shadows_in_budget`` counts their cost against a daily budget.
+    """
 
     sample: float | None = None
     paused: bool | None = False
     assessments: list[Judge] | None = None
     model: str | None = None
     strata: tuple[Stratum, ...] | None = None  # every trace judge's, unless it has its own
+    shadows: dict[str, Any] | None = None
+    shadows_in_budget: bool = False
 
     def validate(self) -> AssessmentsSuiteConfig:
         sample = check_rate("AssessmentsSuiteConfig.sample", self.sample, optional=True)
@@ -220,7 +228,17 @@ class AssessmentsSuiteConfig:
                     )
                 seen.add(name)
         strata = strata_from("AssessmentsSuiteConfig.strata", self.strata) or None
-        return AssessmentsSuiteConfig(sample, bool(self.paused), judges, model, strata)
+        shadows = check_shadows(self.shadows, judges, judge_from_dict)
+        if not isinstance(self.shadows_in_budget, bool):
+            raise MonitorConfigError(
+                "AssessmentsSuiteConfig.shadows_in_budget",
+                self.shadows_in_budget,
+                "expected true or false",
+            )
+        return AssessmentsSuiteConfig(
+            sample, bool(self.paused), judges, model, strata, shadows or None,
+            self.shadows_in_budget,
+        )  # fmt: skip
 
     @property
     def default_rate(self) -> float:
@@ -237,6 +255,12 @@ class AssessmentsSuiteConfig:
             "model": self.model,
             "assessments": [j.to_dict() for j in self.assessments or []],
             **({"strata": [s.to_dict() for s in self.strata]} if self.strata else {}),
+            **(
+                {"shadows": {k: j.to_dict() for k, j in (self.shadows or {}).items()}}
+                if self.shadows
+                else {}
+            ),
+            **({"shadows_in_budget": True} if self.shadows_in_budget else {}),
         }
 
     @classmethod
@@ -247,12 +271,15 @@ class AssessmentsSuiteConfig:
             raise MonitorConfigError(
                 "assessments_config", value, "expected AssessmentsSuiteConfig or a dict"
             )
-        extra = set(value) - {"sample", "paused", "assessments", "model", "strata"}
+        extra = set(value) - {
+            "sample", "paused", "assessments", "model", "strata", "shadows", "shadows_in_budget"
+        }  # fmt: skip
         if extra:
             raise MonitorConfigError(
                 "assessments_config",
                 sorted(extra),
-                "expected only sample, paused, assessments, model, strata",
+                "expected only sample, paused, assessments, model, strata, shadows, "
+                "shadows_in_budget",
             )
         return cls(
             value.get("sample"),
@@ -260,6 +287,8 @@ class AssessmentsSuiteConfig:
             value.get("assessments"),
             value.get("model"),
             value.get("strata"),
+            value.get("shadows"),
+            value.get("shadows_in_budget", False),
         ).validate()
 
 
@@ -371,6 +400,10 @@ class ExternalMonitor:
             lines.append(f"    - {judge.name}{kind}{extra} @ {rate:g}{where}")
             lines += own + (["        strata: none (the monitor's do not apply)"]
                             if judge.strata == () and suite.strata else [])  # fmt: skip
+        if suite.shadows:
+            apart = "counted in" if suite.shadows_in_budget else "apart from"
+            lines.append(f"  shadows (cost {apart} the budget):")
+            lines += describe_shadows(suite.shadows)
         names = set(suite.feedback_names)
         theirs = [r for r in self.registered if r.name not in names]
         lines += ["  judges registered in MLflow (the experiment's Judges page):"] if theirs else []

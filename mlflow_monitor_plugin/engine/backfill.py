@@ -57,6 +57,7 @@ from mlflow_monitor_plugin.observe.windows import DAY_MS, window_start
 from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, judge_states
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, endpoint_missing, monitor_judges
 from mlflow_monitor_plugin.scoring.pool import Due, Outcome
+from mlflow_monitor_plugin.scoring.shadow import shadow_specs
 
 _logger = logging.getLogger(__name__)
 
@@ -142,10 +143,13 @@ def cursor_key(monitor_id: str, window: TimeRange, judges: list[str]) -> str:
 
 
 def select_judges(monitor: ExternalMonitor, names: list[str] | None) -> list[JudgeSpec]:
-    """The monitor's trace judges, or only the ones named; an unknown name is a config error.
-    Session judges are the session pass's, and unavailable code judges cannot run."""
+    """The monitor's trace judges, or only the ones named (a shadow by its name,
+    ``shadow/<judge>``, only when named); an unknown name is a config error. Session judges are
+    the session pass's, and unavailable code judges cannot run."""
     judges = [j for j in monitor_judges(monitor) if not j.session]
     judges = [j for j in judges if not j.unavailable]
+    if names:
+        judges += [s for s in shadow_specs(monitor, judges) if not s.unavailable]
     known = [j.name for j in judges]
     for name in names or []:
         if name not in known:

@@ -127,6 +127,7 @@ class Budget:
         self._raise_from_zero = False  # the budget changed: a stopped day may resume
         # stratified judges: their rates summed over new traces, the count, the newest time
         self._drawn: dict[str, list[float]] = {}
+        self._apart: frozenset[str] = frozenset()  # shadow judges whose cost the budget ignores
 
     # -- the pass ------------------------------------------------------------------------
     def start(self, monitor: ExternalMonitor, judges: list[JudgeSpec]) -> list[JudgeSpec]:
@@ -141,11 +142,14 @@ class Budget:
             self._load_schedule(monitor.monitor_id)
             self.days.clear()
         self.monitor = monitor
-        self.judges = priced(judges, monitor, self.book)
+        every = priced(judges, monitor, self.book)
+        counted = monitor.assessments_config.shadows_in_budget
+        self._apart = frozenset(j.name for j in every if j.shadow_of and not counted)
+        self.judges = [j for j in every if j.name not in self._apart]
         self._refused = self._refusal()
         if self.active and self._refused:
             self._say_once(self._refused, logging.WARNING)
-        return self.judges
+        return every
 
     @property
     def budget_usd(self) -> float | None:
@@ -180,7 +184,7 @@ class Budget:
         for that prefix's verdicts, whose costs are the estimate from then on."""
         if not self.enforced:
             return len(page)
-        unknown = [j for j in judges if j.is_llm and self._estimate(j.name) is None]
+        unknown = [j for j in judges if self._counts(j) and self._estimate(j.name) is None]
         if not unknown:
             return len(page)
         left = dict.fromkeys((j.name for j in unknown), PROBES)
@@ -196,11 +200,17 @@ class Budget:
     def probing(self, judges: list[JudgeSpec]) -> bool:
         """Whether some judge's cost per call is still unknown (the caller waits for each
         page's verdicts before the next)."""
-        return self.enforced and any(j.is_llm and self._estimate(j.name) is None for j in judges)
+        return self.enforced and any(
+            self._counts(j) and self._estimate(j.name) is None for j in judges
+        )
+
+    def _counts(self, judge: JudgeSpec) -> bool:
+        """Whether the budget counts the judge's calls: an LLM judge, not a shadow kept apart."""
+        return judge.is_llm and judge.name not in self._apart
 
     def reserve(self, judge: JudgeSpec, info: TraceInfo) -> None:
         """A pair of ``judge`` on this trace is due: promise its expected cost."""
-        if not self.enforced or not judge.is_llm:
+        if not self.enforced or not self._counts(judge):
             return
         estimate = self._estimate(judge.name) or 0.0
         day = self._day(info.timestamp_ms)

@@ -1,11 +1,14 @@
-"""Curate: the traces a judge failed, as records of an MLflow evaluation dataset.
+"""Curate: the traces a judge failed (or where a person disagrees with it), as records of an
+MLflow evaluation dataset.
 
 A trace is picked when the latest valid verdict of the judge from this monitor has the value
 asked for (``no``). Its record is what MLflow itself makes of a trace (root span inputs and
 outputs, the trace's expectations, the trace id as its source), tagged with the judge, the value
 and the rationale. Records are merged into the dataset named (created if missing); a record whose
 inputs the dataset already holds is left alone, so a rerun adds nothing twice (MLflow keys records
-by their inputs too). Where the store cannot hold evaluation datasets (the file store; Databricks
+by their inputs too). With ``disagreement`` a trace is picked when a person's latest valid
+label for the judge differs from the judge's verdict (engine/labels.py); its record carries
+both labels. Where the store cannot hold evaluation datasets (the file store; Databricks
 without ``databricks-agents``) the records go to a JSONL file instead, keyed the same way.
 """
 
@@ -29,6 +32,7 @@ from mlflow_monitor_plugin.config.tags import MonitorTags
 from mlflow_monitor_plugin.discovery.timerange import TimeRange
 from mlflow_monitor_plugin.discovery.traces import FINISHED, NOT_EVALUATION, TraceSource
 from mlflow_monitor_plugin.engine.backfill import select_judges
+from mlflow_monitor_plugin.engine.labels import disagreement_on, human_tags, labelled_judge
 from mlflow_monitor_plugin.exceptions import MonitorConfigError, MonitorNotFoundError
 from mlflow_monitor_plugin.scoring.feedback import judge_states
 
@@ -53,6 +57,7 @@ class CurateResult:
     dataset_id: str | None = None
     fallback_path: str | None = None  # set when the records went to a JSONL file
     fallback_reason: str | None = None
+    disagreement: bool = False
     trace_ids: list[str] = field(default_factory=list)  # of the records added
 
 
@@ -212,16 +217,19 @@ def curate(
     dataset: str,
     limit: int | None = None,
     fallback_path: Path | None = None,
+    disagreement: bool = False,
 ) -> CurateResult:
-    """Add the traces of ``window`` whose latest valid ``judge`` verdict is ``value`` to the
-    evaluation dataset ``dataset``, newest first, at most ``limit`` of them."""
+    """Add the traces of ``window`` whose latest valid ``judge`` verdict is ``value`` (with
+    ``disagreement``: where a person's label differs from the verdict) to the evaluation
+    dataset ``dataset``, newest first, at most ``limit`` of them."""
     check_dataset_name(dataset)
     client = MlflowClient()
     monitor = MonitorTags(client).read_config(experiment_id)
     if monitor is None:
         raise MonitorNotFoundError(f"Experiment {experiment_id} has no monitor.")
     select_judges(monitor, [judge])
-    result = CurateResult(dataset, judge, value)
+    space = labelled_judge(monitor, judge) if disagreement else None
+    result = CurateResult(dataset, judge, value, disagreement=disagreement)
     sink: MlflowDatasetSink | JsonlSink
     try:
         sink = MlflowDatasetSink(dataset, experiment_id)
@@ -234,6 +242,7 @@ def curate(
     known = sink.keys()
     source = TraceSource(experiment_id, client)
     batch: list[tuple[str, list[Any]]] = []
+    people: dict[str, Any] = {}  # trace id -> the person's label (disagreement)
 
     def flush() -> None:
         traces = {t.info.trace_id: t for t in source.fetch([t for t, _ in batch])}
@@ -242,6 +251,8 @@ def curate(
             if trace_id not in traces:
                 continue
             record = trace_record(traces[trace_id], monitor.monitor_id, judge, feedbacks)
+            if trace_id in people:
+                record["tags"].update(human_tags(people.pop(trace_id)))
             if not record["inputs"]:
                 result.no_inputs += 1
                 continue
@@ -259,9 +270,15 @@ def curate(
 
     for info in newest_first(client, experiment_id, window):
         result.scanned += 1
-        feedbacks = latest_verdict(info, monitor.monitor_id, judge)
-        if feedbacks is None or not verdict_matches(feedbacks, judge, value):
-            continue
+        if space is not None:
+            found = disagreement_on(info, monitor.monitor_id, judge, space)
+            if found is None:
+                continue
+            feedbacks, people[info.trace_id] = found
+        else:
+            feedbacks = latest_verdict(info, monitor.monitor_id, judge)
+            if feedbacks is None or not verdict_matches(feedbacks, judge, value):
+                continue
         result.matched += 1
         batch.append((info.trace_id, feedbacks))
         if len(batch) >= BATCH:

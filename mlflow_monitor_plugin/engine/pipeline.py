@@ -55,6 +55,7 @@ from mlflow_monitor_plugin.scoring.feedback import FeedbackWriter, JudgeState, j
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec, endpoint_missing, monitor_judges
 from mlflow_monitor_plugin.scoring.pool import Due, InProcessScorer, Outcome, Scorer
 from mlflow_monitor_plugin.scoring.runner import JudgeRunner, ScoringSettings
+from mlflow_monitor_plugin.scoring.shadow import with_shadows
 
 _logger = logging.getLogger(__name__)
 
@@ -294,8 +295,10 @@ class MonitorEngine:
         if monitor.assessments_config.paused:
             return []
         judges = []
-        for judge in monitor_judges(monitor):
-            if judge.unavailable:
+        for judge in with_shadows(monitor, monitor_judges(monitor)):
+            if judge.shadow_of in self._skipping:  # a shadow goes where its judge goes
+                self._skipping[judge.name] = f"its judge {judge.shadow_of} is skipped"
+            elif judge.unavailable:
                 self._skipping[judge.name] = f"unavailable: {judge.unavailable}"
                 if (judge.name, judge.unavailable) not in self._reported:
                     self._reported.add((judge.name, judge.unavailable))
@@ -403,6 +406,7 @@ class MonitorEngine:
         """The sampled judges that have no verdict yet on these traces. On a trace the
         monitor has ``seen`` before, only judges that failed or were cut short are due."""
         monitor, judges = ctx.monitor, ctx.judges
+        by_name = {j.name: j for j in judges}  # a shadow samples with its judge (same rate)
         due: Due = {}
         filters = {j.filter_string for j in judges if j.filter_string} | filters_of(judges)
         matching = {f: self.source.matching(infos, f) for f in filters}  # judges' and strata's
@@ -415,8 +419,9 @@ class MonitorEngine:
                 if judge.filter_string and info.trace_id not in matching[judge.filter_string]:
                     continue
                 stats.count(judge.name, "eligible")
-                stratum, base = draw(info, judge.strata, judge.rate, matching)
-                rate = self.budget.rate(judge, info, base)
+                sampler = by_name.get(judge.shadow_of or "", judge)  # a shadow: its judge's
+                stratum, base = draw(info, sampler.strata, sampler.rate, matching)
+                rate = self.budget.rate(sampler, info, base)
                 if not is_sampled(info.trace_id, monitor.monitor_id, rate):
                     continue
                 stats.count(judge.name, "sampled")

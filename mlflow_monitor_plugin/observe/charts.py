@@ -9,7 +9,12 @@ import io
 from pathlib import Path
 from typing import Any
 
-from mlflow_monitor_plugin.observe.report import TABLE_COLUMNS, by_judge, table_rows
+from mlflow_monitor_plugin.observe.report import (
+    TABLE_COLUMNS,
+    by_judge,
+    changed_windows,
+    table_rows,
+)
 
 
 def _figure(rows: list[dict[str, Any]], title: str) -> Any:
@@ -19,7 +24,12 @@ def _figure(rows: list[dict[str, Any]], title: str) -> Any:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(10, 4.5), dpi=100)
+    labelled = any(r.get("human_labels") for r in rows)
+    figure, panels = plt.subplots(
+        2 if labelled else 1, 1, figsize=(10, 7.5 if labelled else 4.5), dpi=100, sharex=True,
+        squeeze=False,
+    )  # fmt: skip
+    axes = panels[0][0]
     for judge, judge_rows in sorted(by_judge(rows).items()):
         points = [r for r in judge_rows if r["pass_rate"] is not None]
         if not points:
@@ -34,6 +44,12 @@ def _figure(rows: list[dict[str, Any]], title: str) -> Any:
             alpha=0.2,
             linewidth=0,
         )
+        for row, _ in changed_windows(judge_rows):  # a step here may be the judge's
+            axes.axvline(row["window_start"], color=line.get_color(), linestyle="--", alpha=0.7)
+            axes.annotate(f"{judge}: judge changed", (row["window_start"], 0.02), rotation=90,
+                          fontsize=7, color=line.get_color())  # fmt: skip
+    if labelled:
+        _agreement_panel(panels[1][0], rows)
     axes.set_ylim(-0.02, 1.02)
     axes.set_ylabel("pass rate (95% interval)")
     axes.set_title(title)
@@ -47,6 +63,30 @@ def _figure(rows: list[dict[str, Any]], title: str) -> Any:
                   transform=axes.transAxes)  # fmt: skip
     figure.tight_layout()
     return figure
+
+
+def _agreement_panel(axes: Any, rows: list[dict[str, Any]]) -> None:
+    """Agreement of each judge with people's labels, with its 95% band, where labelled."""
+    for judge, judge_rows in sorted(by_judge(rows).items()):
+        points = [r for r in judge_rows if r.get("human_agreement") is not None]
+        if not points:
+            continue
+        times = [r["window_start"] for r in points]
+        (line,) = axes.plot(
+            times, [r["human_agreement"] for r in points], marker="s", label=f"{judge} vs people"
+        )
+        axes.fill_between(
+            times,
+            [r["human_agreement_low95"] for r in points],
+            [r["human_agreement_high95"] for r in points],
+            color=line.get_color(),
+            alpha=0.2,
+            linewidth=0,
+        )
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_ylabel("agreement with people (95%)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left")
 
 
 def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:

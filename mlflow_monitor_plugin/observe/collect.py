@@ -14,6 +14,7 @@ from mlflow.entities import TraceInfo
 from mlflow_monitor_plugin.discovery.checkpoint import Checkpoint
 from mlflow_monitor_plugin.discovery.sampling import is_sampled
 from mlflow_monitor_plugin.discovery.strata import draw, matching
+from mlflow_monitor_plugin.observe.labels import human_label
 from mlflow_monitor_plugin.observe.skipped import Skips
 from mlflow_monitor_plugin.observe.windows import (
     DAY_MS,
@@ -27,6 +28,7 @@ from mlflow_monitor_plugin.observe.windows import (
 )
 from mlflow_monitor_plugin.scoring import usage
 from mlflow_monitor_plugin.scoring.feedback import SECONDS_KEY, VERDICT_KEY, judge_states
+from mlflow_monitor_plugin.scoring.fingerprint import FINGERPRINT_KEY
 from mlflow_monitor_plugin.scoring.judges import monitor_judges
 
 _logger = logging.getLogger(__name__)
@@ -115,7 +117,8 @@ def outcomes(
             tokens, cost = _usage(group[0])
             result[name] = Outcome(
                 True, kind, value, _seconds(group[0]), False, _created(group), rate, tokens, cost,
-                stratum,
+                stratum, group[0].metadata.get(FINGERPRINT_KEY),
+                human_label(info.assessments, name),
             )  # fmt: skip
         elif state and state.errors:
             retryable = state.failed_passes < max_failed_passes

@@ -57,6 +57,20 @@ QUALITY_SCHEMA = pa.schema(
         ("judge_tokens", _I),
         ("judge_cost_usd", _F),
         ("judge_cost_unknown", _I),
+        ("fingerprint", pa.string()),  # the fingerprint of the window's newest verdict
+        ("fingerprint_before", pa.string()),  # the one before it, when the judge changed here
+        ("fingerprints", _I),  # distinct fingerprints: more than 1, the judge changed in it
+        ("judge_fingerprint", _F),  # the fingerprint as a number, charted
+        ("human_labels", _I),
+        ("human_agreed", _I),
+        ("human_agreement", _F),
+        ("human_agreement_low95", _F),
+        ("human_agreement_high95", _F),
+        ("human_kappa", _F),
+        ("human_kappa_low95", _F),
+        ("human_kappa_high95", _F),
+        ("human_overrides", _I),
+        ("human_invalid", _I),
         pa.field("computed_at", _TS, nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
     ],

@@ -9,16 +9,19 @@ as ``mlflow_monitor_<name>_<key>`` gauges.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from mlflow_monitor_plugin.observe.labels import label_spaces, trust_stats
 from mlflow_monitor_plugin.observe.windows import VERDICT_KINDS, Outcome
 
 _logger = logging.getLogger(__name__)
@@ -81,6 +84,18 @@ class LiveMetrics:
         self.judge_cost_usd = Counter(
             f"{PREFIX}_judge_cost_usd", "Cost in USD of the verdicts and errors written (those "
             "with a known price).", judge, registry=r,
+        )  # fmt: skip
+        self.human_labels = Gauge(
+            f"{PREFIX}_human_labels", "People's labels paired with the judge's verdicts, on "
+            "today's traces (UTC day).", judge, registry=r,
+        )  # fmt: skip
+        self.human_agreement = Gauge(
+            f"{PREFIX}_human_agreement", "Share of today's labels agreeing with the judge.",
+            judge, registry=r,
+        )  # fmt: skip
+        self.human_kappa = Gauge(
+            f"{PREFIX}_human_kappa", "Cohen's kappa of the judge and people, today.", judge,
+            registry=r,
         )  # fmt: skip
         self.pass_seconds = Histogram(
             f"{PREFIX}_pass_seconds", "Time of one monitor's pass.", ["experiment"],
@@ -146,6 +161,23 @@ class LiveMetrics:
                     self.judge_tokens.labels(experiment_id, judge).inc(outcome.tokens)
                 if outcome.cost_usd is not None:
                     self.judge_cost_usd.labels(experiment_id, judge).inc(outcome.cost_usd)
+
+    def set_agreement(self, experiment_id: str, monitor: Any, judges: Any, day: Any) -> None:
+        """Agreement with people on today's traces (``day``: the tracker's ``Day``), per
+        judge; a judge without labels today shows 0 labels and no rate."""
+        if day is None:
+            return
+        spaces = label_spaces(monitor)
+        for name, tally in day.day_tallies(judges).items():
+            numbers = trust_stats(tally.pairs, tally.fingerprints, spaces.get(name))
+            self.human_labels.labels(experiment_id, name).set(numbers["human_labels"])
+            for gauge, key in ((self.human_agreement, "human_agreement"),
+                               (self.human_kappa, "human_kappa")):  # fmt: skip
+                if numbers[key] is None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(experiment_id, name)
+                else:
+                    gauge.labels(experiment_id, name).set(numbers[key])
 
     def set_budget_factor(self, experiment_id: str, factor: float | None) -> None:
         """The daily budget's factor now; None (no budget) removes the experiment's series."""

@@ -39,7 +39,12 @@ CHARTED = (
     "effective_rate",
     "judge_tokens",
     "judge_cost_usd",
+    "judge_fingerprint",  # steps where the judge changed (scoring/fingerprint.py)
+    "human_labels",  # agreement with people (observe/labels.py), where labelled
+    "human_agreement",
+    "human_kappa",
 )
+_WHEN_LABELLED = frozenset({"human_labels"})  # charted only in windows with labels
 _BATCH = 1000  # MLflow's limit of metrics per log_batch
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -83,7 +88,7 @@ def window_metrics(row: dict[str, Any]) -> list[Metric]:
     return [
         Metric(key(name), float(row[name]), start_ms, start_ms // 1000)
         for name in CHARTED
-        if row.get(name) is not None
+        if row.get(name) is not None and (row[name] or name not in _WHEN_LABELLED)
     ]
 
 

@@ -135,18 +135,46 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def changed_windows(judge_rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None]]:
+    """A judge's windows (oldest first) where its fingerprint changed: in the window (verdicts of
+    two fingerprints) or since the judge's previous window with verdicts; with the fingerprint
+    before, where known."""
+    changed, before = [], None
+    for row in judge_rows:
+        now = row.get("fingerprint")
+        if (row.get("fingerprints") or 0) > 1:
+            changed.append((row, row.get("fingerprint_before") or before))
+        elif before and now and now != before:
+            changed.append((row, before))
+        before = now or before
+    return changed
+
+
+def judge_changes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every change of a judge's fingerprint in ``rows``: judge, window, before, after."""
+    return [
+        {"judge": judge, "window": row["window_start"], "before": before,
+         "after": row.get("fingerprint"), "fingerprints_in_window": row.get("fingerprints")}
+        for judge, judge_rows in by_judge(rows).items()
+        for row, before in changed_windows(judge_rows)
+    ]  # fmt: skip
+
+
 def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
-    """The last ``last`` windows of each judge as printable cells, with a trend arrow each."""
+    """The last ``last`` windows of each judge as printable cells, with a trend arrow each
+    and ``*`` after the fingerprint of a window where the judge changed."""
     printable = []
     for judge, judge_rows in by_judge(rows).items():
         previous = None
         shown = []
+        changed = {id(row) for row, _ in changed_windows(judge_rows)}
         for row in judge_rows:
             shown.append((row, trend(previous, row["pass_rate"])))
             if row["pass_rate"] is not None:
                 previous = row["pass_rate"]
         for row, arrow in shown[-last:]:
             low, high = row["pass_rate_low95"], row["pass_rate_high95"]
+            fingerprint = (row.get("fingerprint") or "-")[:8] + ("*" if id(row) in changed else "")
             printable.append(
                 {
                     "judge": judge,
@@ -165,15 +193,24 @@ def table_rows(rows: list[dict[str, Any]], last: int) -> list[dict[str, str]]:
                     "mean": _num(row["value_mean"], 3),
                     "latency_p50": _num(row["latency_p50"], 2),
                     "latency_p95": _num(row["latency_p95"], 2),
-                }
+                    "judge_fp": fingerprint,
+                    "labels": str(row.get("human_labels") or 0),
+                    "agree": _pct(row.get("human_agreement")),
+                    "kappa": _num(row.get("human_kappa"), 2),
+                }  # fmt: skip
             )
     return printable
 
 
 TABLE_COLUMNS = [
     "judge", "window", "traces", "sampled", "verdicts", "skipped", "pass_rate", "95%", "trend",
-    "errors", "est_failing", "latency_p50", "latency_p95",
+    "errors", "est_failing", "latency_p50", "latency_p95", "judge_fp", "labels", "agree", "kappa",
 ]  # fmt: skip
+CHANGED_NOTE = (
+    "judge_fp: the judge's fingerprint (model, prompt, options, MLflow version); '*' marks a "
+    "window where it changed, so a step there may be the judge's, not the traffic's. labels, "
+    "agree, kappa: people's labels beside the judge (intervals: --output json)."
+)
 
 
 def skipped_advice(monitor: ExternalMonitor, rows: list[dict[str, Any]]) -> list[str]:

@@ -31,6 +31,7 @@ from mlflow_monitor_plugin.observe.collect import (
     window_strata,
 )
 from mlflow_monitor_plugin.observe.dataset import QualityDataset, quality_uri
+from mlflow_monitor_plugin.observe.labels import label_spaces, trust_stats
 from mlflow_monitor_plugin.observe.live import METRICS, LiveMetrics
 from mlflow_monitor_plugin.observe.mlflow_run import MetricsRun, rolling_metrics, window_metrics
 from mlflow_monitor_plugin.observe.spend import RateSchedule, budget_rates, schedule_of
@@ -62,6 +63,9 @@ class QualitySettings:
     # Shard 0 of several: the other replicas' verdicts reach the store, not this process, so
     # the windows also follow the slowest shard's cursor through the store (``_follow``).
     all_shards: bool = False
+    # People label traces at any time, outside any pass: the days in memory are read again this
+    # often, so the windows and /metrics count the labels given since (0: only at a restart).
+    labels_every_s: float = 900.0
 
 
 def window_rows(
@@ -74,8 +78,10 @@ def window_rows(
 ) -> list[dict[str, Any]]:
     """The quality rows of one window, one per judge."""
     width_ms = DAY_MS if width == "1d" else HOUR_MS
+    spaces = label_spaces(monitor)
     rows = []
     for name, rate in judges:
+        tally = tallies[name]
         rows.append(
             {
                 "monitor_id": monitor.monitor_id,
@@ -88,7 +94,8 @@ def window_rows(
                 ),
                 "window_start_ms": start_ms,
                 "computed_at": dt.datetime.fromtimestamp(computed_ms / 1000, dt.timezone.utc),
-                **tallies[name].stats(rate),
+                **tally.stats(rate),
+                **trust_stats(tally.pairs, tally.fingerprints, spaces.get(name)),
             }
         )
     return rows
@@ -150,6 +157,7 @@ class QualityTracker:
         self._followed_ms: int | None = None  # all_shards: the slowest cursor, last update
         self._rolling_step = 0  # the step of the last rolling-hour point (seconds)
         self._rolling_charted: set[str] = set()  # judges with a rolling-hour point already
+        self._labels_read_ms: int | None = None  # when the days were last read for new labels
 
     def _reset(self, monitor: ExternalMonitor, judges: Judges) -> None:
         """A new monitor, or its judges, rates or strata changed: start from the store again."""
@@ -210,9 +218,12 @@ class QualityTracker:
             self.experiment_id, self._schedule.factor(now_ms) if budgeted else None
         )
         self._reload_stale()
+        self._reread_for_labels(wall_ms)
         if self.settings.all_shards:
             self._follow(cursor, judges)
         self._count(self._update(touched), since_ms)
+        today = self.days.get(window_start(now_ms, DAY_MS))
+        self.live.set_agreement(self.experiment_id, monitor, judges, today)
         if self.settings.export:
             self._export(monitor, judges, wall_ms)
         self._chart(monitor, judges, cursor, now_ms, wall_ms)
@@ -229,6 +240,16 @@ class QualityTracker:
         assert self._reader is not None
         for start in marker.get("days", []):
             if start in self.days:
+                self.days[start] = self._reader.load_day(start)
+                self._unexported.add(start)
+
+    def _reread_for_labels(self, wall_ms: int) -> None:
+        every_ms = self.settings.labels_every_s * 1000
+        if self._labels_read_ms is None or not every_ms:
+            self._labels_read_ms = wall_ms
+        elif wall_ms - self._labels_read_ms >= every_ms and self._reader is not None:
+            self._labels_read_ms = wall_ms
+            for start in list(self.days):
                 self.days[start] = self._reader.load_day(start)
                 self._unexported.add(start)
 

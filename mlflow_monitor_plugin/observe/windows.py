@@ -54,6 +54,18 @@ def classify(value: Any) -> tuple[str, float | str | None]:
     return "other", text[:64]
 
 
+def category(kind: str, value: float | str | None = None) -> str:
+    """A verdict or label as one comparable category: ``yes``, ``no``, a number as text, or
+    the label (observe/labels.py pairs a judge's with a person's)."""
+    if kind == "pass":
+        return "yes"
+    if kind == "fail":
+        return "no"
+    if kind == "numeric" and isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
 def combine(kinds: list[tuple[str, float | str | None]]) -> tuple[str, float | str | None]:
     """One verdict from several feedbacks of one judge (one per retrieved chunk, say): pass only
     if every part passes, fail if any part fails, else the first part."""
@@ -84,6 +96,8 @@ class Outcome:
     tokens: int | None = None  # the judge's tokens for this verdict or error (None: unknown)
     cost_usd: float | None = None  # their cost (None: unknown)
     stratum: str | None = None  # the trace's stratum for the judge (config/strata.py)
+    fingerprint: str | None = None  # of the judge that made the verdict (scoring/fingerprint.py)
+    human: str | None = None  # a person's label for the judge on this trace (observe/labels.py)
 
 
 @dataclass
@@ -109,6 +123,10 @@ class Tally:
     skipped: int = 0  # sampled, but the daemon did not run the judge (observe/skipped.py)
     # (stratum, inclusion probability) -> its counts: the weighted estimate when more than one
     cells: dict[tuple[str | None, float | None], Cell] = field(default_factory=dict)
+    # judge fingerprint -> when its newest verdict here was written (ms; 0: unknown)
+    fingerprints: dict[str, int] = field(default_factory=dict)
+    # (the judge's category, a person's label) -> traces: agreement with people (labels.py)
+    pairs: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, outcome: Outcome) -> None:
         self.eligible += 1
@@ -142,6 +160,16 @@ class Tally:
             self.skipped += 1
         if kind in VERDICT_KINDS and outcome.seconds is not None:
             self.latencies.append(outcome.seconds)
+        if kind in VERDICT_KINDS:
+            self._add_trust(outcome)
+
+    def _add_trust(self, outcome: Outcome) -> None:
+        if outcome.fingerprint:
+            stamp = max(outcome.created_ms or 0, self.fingerprints.get(outcome.fingerprint, 0))
+            self.fingerprints[outcome.fingerprint] = stamp
+        if outcome.human is not None:
+            pair = (category(outcome.kind, outcome.value), outcome.human)
+            self.pairs[pair] = self.pairs.get(pair, 0) + 1
 
     def _add_cost(self, outcome: Outcome) -> None:
         self.tokens += outcome.tokens or 0
@@ -174,6 +202,8 @@ class Tally:
             self.uncosted + other.uncosted,
             self.skipped + other.skipped,
             merge_cells(self.cells, other.cells),
+            fingerprints=_newest(self.fingerprints, other.fingerprints),
+            pairs=_summed(self.pairs, other.pairs),
         )
 
     @property
@@ -240,6 +270,17 @@ class Tally:
         if not self.sampled:
             return float(judged)
         return judged * self.eligible / self.sampled
+
+
+def _summed(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
+    out = dict(a)
+    for key, n in b.items():
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def _newest(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {key: max(a.get(key, 0), b.get(key, 0)) for key in a.keys() | b.keys()}
 
 
 def tally(outcomes: Iterable[Outcome]) -> Tally:

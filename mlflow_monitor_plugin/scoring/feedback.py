@@ -28,6 +28,7 @@ from mlflow.entities import (
 )
 
 from mlflow_monitor_plugin.redact import redact
+from mlflow_monitor_plugin.scoring.fingerprint import feedback_name, provenance
 from mlflow_monitor_plugin.scoring.judges import JudgeSpec
 from mlflow_monitor_plugin.scoring.runner import Verdict
 
@@ -118,6 +119,8 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
             continue
         if meta.get(MONITOR_KEY) != monitor_id or JUDGE_KEY not in meta:
             continue
+        if is_human(assessment):
+            continue  # a person's override in the UI, which copies the verdict's metadata
         if SESSION_VERSION_KEY in meta:
             continue  # a session's verdict: see session_states
         if getattr(assessment, "error", None) is not None:
@@ -131,6 +134,14 @@ def judge_states(info: TraceInfo, monitor_id: str) -> dict[str, JudgeState]:
     return dict(states)
 
 
+def is_human(assessment: Any) -> bool:
+    """Whether a person gave the assessment (the UI's "Add feedback", an override, the Review
+    page, or ``log_feedback`` with a HUMAN source)."""
+    source = getattr(assessment, "source", None)
+    kind = getattr(source, "source_type", None)
+    return str(getattr(kind, "value", kind)).upper() == AssessmentSourceType.HUMAN
+
+
 def _native(assessment: Any, meta: dict[str, Any]) -> bool:
     """A verdict of a judge registered in MLflow, written by MLflow (its online scoring, or a
     run of the registered judge): no monitor's metadata, the registered scorer's name, no
@@ -141,6 +152,7 @@ def _native(assessment: Any, meta: dict[str, Any]) -> bool:
         and getattr(assessment, "error", None) is None
         and ONLINE_SESSION_KEY not in meta
         and getattr(assessment, "valid", True) is not False
+        and not is_human(assessment)  # a person's edit copies the metadata
     )
 
 
@@ -223,7 +235,7 @@ class FeedbackWriter:
         if verdict.ok:
             for feedback in verdict.feedbacks:
                 fields = dict(
-                    name=feedback.name,
+                    name=feedback_name(judge, feedback.name),
                     value=feedback.value,
                     rationale=redact(feedback.rationale) if feedback.rationale else None,
                     source=_feedback_source(feedback, judge),
@@ -234,6 +246,7 @@ class FeedbackWriter:
                         **self._metadata(
                             judge.name, verdict_id, len(verdict.feedbacks), verdict.seconds
                         ),
+                        **provenance(judge),
                     },
                     span_id=feedback.span_id or verdict.root_span_id,
                 )
@@ -247,6 +260,7 @@ class FeedbackWriter:
                 **verdict.metadata,
                 **draw_metadata(judge),
                 **self._metadata(judge.name, verdict_id, 1, verdict.seconds),
+                **provenance(judge),
             }
             passes = state.failed_passes + 1 if charge else max(state.failed_passes, 1)
             metadata[FAILED_PASSES_KEY] = str(passes)

@@ -71,6 +71,7 @@ class JudgeSpec:
     strata: tuple[Stratum, ...] = ()  # where it samples at other rates (config/strata.py)
     # (stratum, inclusion probability) of the one trace a due pair holds it for: the verdict's
     draw: tuple[str, float] | None = field(default=None, compare=False)
+    shadow_of: str | None = None  # a shadow judge (scoring/shadow.py): the judge it stands beside
 
     def applies_to(self, trace: Trace) -> bool:
         return all(_has(trace, need) for need in self.needs - {"session"})
