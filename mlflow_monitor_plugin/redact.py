@@ -2,8 +2,9 @@
 
 The secrets are the values of the process's credential variables (``OPENAI_API_KEY``,
 ``*_API_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``), and the passwords and query values of
-URLs in ``*_BASE``, ``*_URL``, ``*_URI`` variables (a key passed as ``?api-key=``). They are read
-from the environment on each call, never stored.
+URLs in ``*_BASE``, ``*_URL``, ``*_URI`` variables (a key passed as ``?api-key=``). They are
+derived from the environment as it is at each call (kept only while the environment is
+unchanged: a verdict's rationale is checked on every write), never stored anywhere else.
 """
 
 from __future__ import annotations
@@ -43,8 +44,28 @@ def _url_credentials(url: str) -> set[str]:
     return {v for v in found if len(v) >= _MIN_SECRET_LENGTH}
 
 
+_cached: tuple[dict[bytes, bytes], int, list[str]] | None = None
+
+
 def secret_values() -> list[str]:
     """The credential values in the environment, longest first (a prefix never masks alone)."""
+    global _cached
+    raw = getattr(os.environ, "_data", None)  # CPython's bytes mapping: a cheap C-level compare
+    cached = _cached
+    if (
+        cached is not None
+        and raw is not None
+        and cached[1] == len(_secret_urls)
+        and cached[0] == raw
+    ):
+        return cached[2]
+    found = _secret_values()
+    if isinstance(raw, dict):
+        _cached = (dict(raw), len(_secret_urls), found)
+    return found
+
+
+def _secret_values() -> list[str]:
     values = {
         value
         for name, value in os.environ.items()
