@@ -18,6 +18,8 @@ process answering at once (instant) or in 500 ms:
 
 Reported per case: CPU per verdict (ms), the ratio to the floor, verdicts/s (verdicts over the
 run's wall time minus the empty run's), the daemon's peak memory (PSS of its process tree).
+Each is run ``--repeat`` times, interleaved, on fresh experiments: the median is reported (the
+machine is shared; single runs vary by about 10%).
 """
 
 from __future__ import annotations
@@ -69,15 +71,20 @@ for trace in traces[:2]:  # warm up (lazy imports, connections): not counted
 started_cpu, started = time.process_time(), time.monotonic()
 ru0 = resource.getrusage(resource.RUSAGE_SELF)
 n = 0
+judging = writing = 0.0
 for trace in traces[2:]:
     for scorer in scorers:
+        t0 = time.thread_time()
         fb = scorer(trace=trace)
+        t1 = time.thread_time()
         mlflow.log_feedback(trace_id=trace.info.trace_id, name=scorer.name, value=fb.value,
                             rationale=fb.rationale, source=source, metadata={"floor": "1"})
+        judging, writing = judging + t1 - t0, writing + time.thread_time() - t1
         n += 1
 ru1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"verdicts": n, "cpu_s": time.process_time() - started_cpu,
-                  "sys_s": ru1.ru_stime - ru0.ru_stime, "wall_s": time.monotonic() - started}))
+                  "sys_s": ru1.ru_stime - ru0.ru_stime, "wall_s": time.monotonic() - started,
+                  "judge_s": judging, "write_s": writing}))
 """
 
 
@@ -106,6 +113,8 @@ def floor(uri: str, judge: JudgeProcess, traces: int, server: Any, root: Path) -
         "verdicts": out["verdicts"],
         "cpu_ms_per_verdict": round(1000 * out["cpu_s"] / out["verdicts"], 3),
         "of_which_sys_ms": round(1000 * out["sys_s"] / out["verdicts"], 3),
+        "judge_call_ms": round(1000 * out["judge_s"] / out["verdicts"], 3),
+        "log_feedback_ms": round(1000 * out["write_s"] / out["verdicts"], 3),
         "verdicts_per_s": round(out["verdicts"] / out["wall_s"], 1),
         "server_cpu_ms_per_verdict": _per(_server_cpu(server) - before, out["verdicts"]),
     }
@@ -129,11 +138,14 @@ def _per(cpu_s: float, verdicts: int) -> float | None:
     return round(1000 * cpu_s / verdicts, 3) if verdicts else None
 
 
+EXTRA_ARGS: list[str] = []  # --daemon-args: flags for the daemon, for experiments
+
+
 def _once(uri: str, exp: str, judge: JudgeProcess, root: Path, export: bool) -> dict[str, Any]:
     """One ``run --once`` of the daemon: its CPU (the kernel's, at reaping), wall, peak PSS."""
     env = base_env(MLFLOW_TRACKING_URI=uri, OPENAI_API_BASE=judge.url, OPENAI_API_KEY="sk-bench")
     args = [PYTHON, "-m", CLI_MODULE, "run", "-x", exp, "--once", "--log-level", "WARNING"]
-    args += [] if export else ["--no-export"]
+    args += ([] if export else ["--no-export"]) + EXTRA_ARGS
     started = time.monotonic()
     with open(root / "daemon.log", "ab") as log:
         proc = subprocess.Popen(args, env=env, cwd=root, stdout=log, stderr=log)
@@ -175,7 +187,16 @@ def daemon(
     }
 
 
-def case(store: str, latency: float, traces: int, root: Path) -> dict[str, Any]:
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose CPU per verdict is the median, with every run's CPU per verdict."""
+    ordered = sorted(runs, key=lambda r: r["cpu_ms_per_verdict"])
+    middle = dict(ordered[len(ordered) // 2])
+    if len(runs) > 1:
+        middle["cpu_ms_per_verdict_runs"] = [r["cpu_ms_per_verdict"] for r in runs]
+    return middle
+
+
+def case(store: str, latency: float, traces: int, root: Path, repeat: int) -> dict[str, Any]:
     judge = JudgeProcess(latency_s=latency)
     server = None
     try:
@@ -186,16 +207,22 @@ def case(store: str, latency: float, traces: int, root: Path) -> dict[str, Any]:
         else:
             db = root / f"store-{latency}.db"
             uri = f"sqlite:///{db}"
-        progress(f"{store}, judge {latency:g}s: floor")
         result: dict[str, Any] = {"store": store, "judge_latency_s": latency}
-        result["floor"] = floor(uri, judge, traces, server, root)
-        for export in (False, True):
-            progress(f"{store}, judge {latency:g}s: daemon, export {'on' if export else 'off'}")
-            d = daemon(uri, judge, traces, export, server, root, db)
+        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "off": [], "on": []}
+        for n in range(repeat):  # interleaved: the machine's drift touches every system alike
+            progress(f"{store}, judge {latency:g}s, round {n + 1}/{repeat}: floor")
+            runs["floor"].append(floor(uri, judge, traces, server, root))
+            for export in (False, True):
+                label = "on" if export else "off"
+                progress(f"{store}, judge {latency:g}s, round {n + 1}/{repeat}: export {label}")
+                runs[label].append(daemon(uri, judge, traces, export, server, root, db))
+        result["floor"] = _median_of(runs["floor"])
+        for label in ("off", "on"):
+            d = _median_of(runs[label])
             d["ratio_to_floor"] = round(
                 d["cpu_ms_per_verdict"] / result["floor"]["cpu_ms_per_verdict"], 2
             )
-            result[f"daemon_export_{'on' if export else 'off'}"] = d
+            result[f"daemon_export_{label}"] = d
         return result
     finally:
         if store == "rest":
@@ -209,13 +236,16 @@ def main() -> None:
     parser.add_argument("--latencies", default="0,0.5", help="judge latencies, seconds")
     parser.add_argument("--stores", default="sqlite,rest")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu-latest.json")
+    parser.add_argument("--daemon-args", default="", help="extra flags of `run` (experiments)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, medians reported")
     args = parser.parse_args()
+    EXTRA_ARGS.extend(args.daemon_args.split())
     root = tmpdir("bench-cpu-")
     summary: dict[str, Any] = {"traces": args.traces, "judges": JUDGES,
                                "load_before": os.getloadavg(), "cases": []}  # fmt: skip
     for store in args.stores.split(","):
         for latency in (float(x) for x in args.latencies.split(",")):
-            summary["cases"].append(case(store, latency, args.traces, root))
+            summary["cases"].append(case(store, latency, args.traces, root, args.repeat))
             args.out.parent.mkdir(exist_ok=True)
             args.out.write_text(json.dumps(summary, indent=2))
     summary["load_after"] = os.getloadavg()

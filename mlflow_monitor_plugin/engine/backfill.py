@@ -259,7 +259,11 @@ class Backfill:
             _logger.info("Resuming backfill %s after %s", self.key, start)
         else:
             start = Checkpoint(self.window.since_ms, "")
-        writer = FeedbackWriter(self.monitor.monitor_id, self.monitor.config_version)
+        writer = FeedbackWriter(
+            self.monitor.monitor_id,
+            self.monitor.config_version,
+            experiment_id=self.monitor.experiment_id,
+        )
         ctx = PassContext(self.monitor, self.judges, writer, Cursor(None, None), None, stats.counts)
 
         days: set[int] = set()  # UTC days with verdicts of ours not published yet

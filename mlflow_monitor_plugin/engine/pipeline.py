@@ -205,7 +205,9 @@ class MonitorEngine:
             return stats
         self._keep_mlflow_in_step(monitor)
         judges = self.budget.start(monitor, self.judges_for(monitor))
-        writer = FeedbackWriter(monitor.monitor_id, monitor.config_version)
+        writer = FeedbackWriter(
+            monitor.monitor_id, monitor.config_version, experiment_id=self.experiment_id
+        )
         export = self._export_for(monitor, now_ms, stats)
         cursor = self.read_cursor(monitor)
         walked_from = cursor.score.timestamp_ms if cursor.score else None

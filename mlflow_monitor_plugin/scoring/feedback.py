@@ -207,9 +207,11 @@ class FeedbackWriter:
         log_feedback: Callable[..., Any] = mlflow.log_feedback,
         delete_assessment: Callable[..., Any] = mlflow.delete_assessment,
         log_assessment: Callable[..., Any] = mlflow.log_assessment,
+        experiment_id: str = "",
     ):
         self.monitor_id = monitor_id
         self.config_version = config_version
+        self.experiment_id = experiment_id  # whose traces (a scoring process fetches them)
         self._log = log_feedback
         self._delete = delete_assessment
         self._log_assessment = log_assessment

@@ -98,7 +98,22 @@ class JudgeSpec:
         return scorer(trace=trace)
 
 
+_SHAPE = "_mlflow_monitor_shape"  # on a fetched trace: what it carries, worked out once
+
+
 def _has(trace: Trace, need: str) -> bool:
+    """Whether the trace carries what a judge needs. Each of the four is worked out once per
+    trace object, whatever the number of judges asking (the request and response are
+    serialized from the root span on each access)."""
+    shape = trace.__dict__.get(_SHAPE)
+    if shape is None:
+        shape = trace.__dict__[_SHAPE] = {}
+    if need not in shape:
+        shape[need] = _carries(trace, need)
+    return shape[need]
+
+
+def _carries(trace: Trace, need: str) -> bool:
     if need == "retrieval":
         return bool(trace.search_spans(span_type=SpanType.RETRIEVER))
     if need == "tools":

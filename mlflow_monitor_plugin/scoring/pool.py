@@ -195,7 +195,13 @@ class ProcessScorer:
         try:
             for chunk in split(due, self.processes):
                 futures.append(
-                    pool.submit(_score_chunk, writer.monitor_id, writer.config_version, chunk)
+                    pool.submit(
+                        _score_chunk,
+                        writer.monitor_id,
+                        writer.config_version,
+                        chunk,
+                        writer.experiment_id,
+                    )  # fmt: skip
                 )
         except BrokenProcessPool as e:
             self._broken(e)
@@ -312,13 +318,15 @@ def _exit_with_daemon(lifeline: Connection) -> None:
     os._exit(1)
 
 
-def _score_chunk(monitor_id: str, config_version: int, due: Due) -> list[Outcome]:
+def _score_chunk(
+    monitor_id: str, config_version: int, due: Due, experiment_id: str = ""
+) -> list[Outcome]:
     from mlflow_monitor_plugin.discovery.traces import TraceSource
 
     if _runner is None:
         raise RuntimeError("_score_chunk runs in a scoring process (see _init_worker)")
-    fetch = TraceSource("", mlflow.MlflowClient()).fetch  # fetch by id needs no experiment
-    writer = FeedbackWriter(monitor_id, config_version)
+    fetch = TraceSource(experiment_id, mlflow.MlflowClient()).fetch
+    writer = FeedbackWriter(monitor_id, config_version, experiment_id=experiment_id)
     try:
         outcomes = list(score_and_write(_runner, fetch, writer, due))
     finally:
