@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=1000)
     parser.add_argument("--rest", action="store_true", help="through an mlflow server")
     parser.add_argument("--gil", action="store_true", help="sample only the GIL holder")
+    parser.add_argument("--threads", action="store_true", help="name each sample's thread")
     parser.add_argument(
         "--workers", type=int, default=0, help="a fixed number of judge calls; 0: adaptive"
     )
@@ -126,6 +127,7 @@ def main() -> None:
             "-o",
             str(raw),
             *(["--gil"] if args.gil else []),
+            *(["--threads"] if args.threads else []),
             "--",
             PYTHON,
             *(["-c", PREIMPORT_CODE] if args.preimport else ["-m", CLI_MODULE]),

@@ -5,10 +5,10 @@ A judge call is I/O: many can wait at little CPU. Logging a verdict is CPU and s
 limit costs few threads) and hands each good verdict to a small, fixed set of writer threads,
 which log it as it completes. A trace's verdicts all go to the same writer, so no two threads
 write to one trace at once (MLflow's file store races on creating a trace's assessments folder).
-Not one writer, though SQLite would like that best: under the GIL a lone writer gets about one
-turn in as many as there are busy judge threads, and fell behind (measured: 4 writers scored an
-instant judge's 400 verdicts ~1.5x faster than 1 on SQLite, whose own cost for 4 writers over 1
-is ~15%: BENCHMARKS.md's raw log_feedback rates). No new call starts while more than
+How many writers depends on the store (runner.py: ``writers_for``): one on SQLite, whose
+writes are CPU in this process (with the judge calls in the calling thread, one writer scored
+1.25x faster than four, at less CPU per verdict: four only fought over the GIL and the file's
+lock), four where a write waits on the network. No new call starts while more than
 ``max(8, target() / 2)`` verdicts wait for a writer: the judges never outrun the store, and a
 crash loses few answered verdicts. Submissions queue behind each other, so the calls of the next
 page start while the last calls of this one are still out: the judge never waits for the engine
