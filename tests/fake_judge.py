@@ -54,6 +54,7 @@ class FakeJudge:
         self.times: list[float] = []  # time.monotonic() of each request's arrival
         self.peers: list[tuple[str, int]] = []  # the client's address: one per connection
         self.served: dict[str, int] = {}
+        self.outcomes: list[str] = []  # each request's outcome, in arrival order
         self.active = 0  # calls in progress
         self.peak_active = 0
         self._lock = threading.Lock()
@@ -108,6 +109,7 @@ class FakeJudge:
         with self._lock:
             self.peers.append(peer)
             self.served[outcome] = self.served.get(outcome, 0) + 1
+            self.outcomes.append(outcome)
             self.requests.append(body)
             self.headers.append(headers)
             self.times.append(time.monotonic())
