@@ -211,7 +211,9 @@ def case(store: str, latency: float, traces: int, root: Path, repeat: int) -> di
         runs: dict[str, list[dict[str, Any]]] = {"floor": [], "off": [], "on": []}
         for n in range(repeat):  # interleaved: the machine's drift touches every system alike
             progress(f"{store}, judge {latency:g}s, round {n + 1}/{repeat}: floor")
-            runs["floor"].append(floor(uri, judge, traces, server, root))
+            # the floor's CPU per verdict does not depend on the judge's latency, its time does:
+            # a slow judge's floor is measured on fewer traces
+            runs["floor"].append(floor(uri, judge, traces if not latency else 60, server, root))
             for export in (False, True):
                 label = "on" if export else "off"
                 progress(f"{store}, judge {latency:g}s, round {n + 1}/{repeat}: export {label}")
