@@ -44,6 +44,7 @@ from bench_vs_native import GUIDELINE, JUDGES, SUITE
 from harness import (
     CLI_MODULE,
     PYTHON,
+    REPO,
     JudgeProcess,
     MlflowServer,
     TreeSampler,
@@ -141,9 +142,13 @@ def _per(cpu_s: float, verdicts: int) -> float | None:
 EXTRA_ARGS: list[str] = []  # --daemon-args: flags for the daemon, for experiments
 
 
-def _once(uri: str, exp: str, judge: JudgeProcess, root: Path, export: bool) -> dict[str, Any]:
-    """One ``run --once`` of the daemon: its CPU (the kernel's, at reaping), wall, peak PSS."""
-    env = base_env(MLFLOW_TRACKING_URI=uri, OPENAI_API_BASE=judge.url, OPENAI_API_KEY="sk-bench")
+def _once(
+    uri: str, exp: str, judge: JudgeProcess, root: Path, export: bool, package: Path = REPO
+) -> dict[str, Any]:
+    """One ``run --once`` of the daemon (``package``: the source tree it runs): its CPU (the
+    kernel's, at reaping), wall, peak PSS."""
+    env = base_env(MLFLOW_TRACKING_URI=uri, OPENAI_API_BASE=judge.url, OPENAI_API_KEY="sk-bench",
+                   PYTHONPATH=str(package))  # fmt: skip
     args = [PYTHON, "-m", CLI_MODULE, "run", "-x", exp, "--once", "--log-level", "WARNING"]
     args += ([] if export else ["--no-export"]) + EXTRA_ARGS
     started = time.monotonic()
@@ -161,13 +166,20 @@ def _once(uri: str, exp: str, judge: JudgeProcess, root: Path, export: bool) -> 
 
 
 def daemon(
-    uri: str, judge: JudgeProcess, traces: int, export: bool, server: Any, root: Path, db: Path
+    uri: str,
+    judge: JudgeProcess,
+    traces: int,
+    export: bool,
+    server: Any,
+    root: Path,
+    db: Path,
+    package: Path = REPO,
 ) -> dict[str, Any]:
     empty = _experiment(uri, "empty", 0, True, root)
-    base = _once(uri, empty, judge, root, export)
+    base = _once(uri, empty, judge, root, export, package)
     exp = _experiment(uri, "daemon", traces, True, root)
     before = _server_cpu(server)
-    run = _once(uri, exp, judge, root, export)
+    run = _once(uri, exp, judge, root, export, package)
     server_cpu = _server_cpu(server) - before
     counts = VerdictWatcher(db, exp, JUDGES).counts()
     verdicts = counts.verdicts
@@ -196,6 +208,9 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return middle
 
 
+BASELINE: list[Path] = []  # --baseline: the package of an earlier commit, run beside
+
+
 def case(store: str, latency: float, traces: int, root: Path, repeat: int) -> dict[str, Any]:
     judge = JudgeProcess(latency_s=latency)
     server = None
@@ -208,7 +223,9 @@ def case(store: str, latency: float, traces: int, root: Path, repeat: int) -> di
             db = root / f"store-{latency}.db"
             uri = f"sqlite:///{db}"
         result: dict[str, Any] = {"store": store, "judge_latency_s": latency}
-        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "off": [], "on": []}
+        runs: dict[str, list[dict[str, Any]]] = {
+            "floor": [], "off": [], "on": [], "baseline_off": [], "baseline_on": []
+        }  # fmt: skip
         for n in range(repeat):  # interleaved: the machine's drift touches every system alike
             progress(f"{store}, judge {latency:g}s, round {n + 1}/{repeat}: floor")
             # the floor's CPU per verdict does not depend on the judge's latency, its time does:
@@ -218,13 +235,19 @@ def case(store: str, latency: float, traces: int, root: Path, repeat: int) -> di
                 label = "on" if export else "off"
                 progress(f"{store}, judge {latency:g}s, round {n + 1}/{repeat}: export {label}")
                 runs[label].append(daemon(uri, judge, traces, export, server, root, db))
+                for package in BASELINE:
+                    runs[f"baseline_{label}"].append(
+                        daemon(uri, judge, traces, export, server, root, db, package)
+                    )
         result["floor"] = _median_of(runs["floor"])
-        for label in ("off", "on"):
+        for label in ("off", "on", "baseline_off", "baseline_on"):
+            if not runs[label]:
+                continue
             d = _median_of(runs[label])
             d["ratio_to_floor"] = round(
                 d["cpu_ms_per_verdict"] / result["floor"]["cpu_ms_per_verdict"], 2
             )
-            result[f"daemon_export_{label}"] = d
+            result[f"daemon_export_{label}" if label in ("off", "on") else label] = d
         return result
     finally:
         if store == "rest":
@@ -240,9 +263,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu-latest.json")
     parser.add_argument("--daemon-args", default="", help="extra flags of `run` (experiments)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, medians reported")
+    parser.add_argument("--baseline", default="", help="also run this git commit's daemon")
     args = parser.parse_args()
     EXTRA_ARGS.extend(args.daemon_args.split())
     root = tmpdir("bench-cpu-")
+    if args.baseline:
+        from bench_vs_native import baseline_package
+
+        BASELINE.append(baseline_package(args.baseline, root))
     summary: dict[str, Any] = {"traces": args.traces, "judges": JUDGES,
                                "load_before": os.getloadavg(), "cases": []}  # fmt: skip
     for store in args.stores.split(","):

@@ -4,9 +4,6 @@ verdict's tokens are those of its own calls when many verdicts' calls interleave
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import requests
 from mlflow.genai.judges.utils import get_default_model
 
@@ -16,25 +13,16 @@ from mlflow_monitor_plugin.scoring import transport, usage
 from mlflow_monitor_plugin.scoring.feedback import MONITOR_KEY
 from mlflow_monitor_plugin.scoring.proxy import ProxySettings, judge_proxy
 from mlflow_monitor_plugin.scoring.runner import ScoringSettings
+from tests.test_cost import _digest, _prompt_usage
 from tests.traces_factory import feedback_by_trace, log_traces
 
 PRICE = {"input_per_million": 1.0, "output_per_million": 2.0}
 
 
-def _usage(request):
-    """Tokens that depend on the prompt, so each verdict's sum is its own."""
-    prompt = len(json.dumps(request.get("messages", []))) // 4
-    return {"prompt_tokens": prompt, "completion_tokens": 7, "total_tokens": prompt + 7}
-
-
-def _digest(request):
-    return hashlib.sha256(json.dumps(request.get("messages", [])).encode()).hexdigest()[:8]
-
-
 def test_tokens_and_cost_of_each_verdict_are_its_own_when_many_calls_interleave(
     sqlite_experiment_id, fake_judge
 ):
-    fake_judge.behaviour.usage = _usage
+    fake_judge.behaviour.usage = _prompt_usage
     fake_judge.behaviour.latency_s = 0.02  # calls overlap: 16 in flight
     fake_judge.behaviour.fault_rate, fake_judge.behaviour.faults = 0.2, ("429", "500")
     fake_judge.behaviour.retry_after_s = 0.05
@@ -58,7 +46,7 @@ def test_tokens_and_cost_of_each_verdict_are_its_own_when_many_calls_interleave(
     assert fake_judge.count("429") + fake_judge.count("500") > 0  # retries happened
     for verdict in verdicts:
         digest = verdict.rationale.rsplit("(", 1)[1].rstrip(")")
-        calls = [_usage(r) for r in answered if _digest(r) == digest]
+        calls = [_prompt_usage(r) for r in answered if _digest(r) == digest]
         meta = verdict.metadata
         assert int(meta[usage.TOTAL_TOKENS_KEY]) == sum(c["total_tokens"] for c in calls) > 0
         assert int(meta[usage.CALLS_KEY]) == len(calls)

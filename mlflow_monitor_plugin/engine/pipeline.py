@@ -236,7 +236,7 @@ class MonitorEngine:
                 )
                 stats.feedback_logged += logged
             if self._sweep_due(now_ms) and not ctx.lost:
-                self._sweep(ctx, now_ms)
+                self._sweep(ctx, now_ms, walked_from)
         finally:
             self.scorer.settle()  # nothing of this pass may still be writing after it
             self.budget.finish()
@@ -578,14 +578,16 @@ class MonitorEngine:
         last = self._last_sweep_ms
         return last is None or now_ms - last >= self.settings.sweep_every_s * 1000
 
-    def _sweep(self, ctx: PassContext, now_ms: int) -> None:
-        """Revisit the late window behind the cursor: late traces, failed judges, duplicates."""
+    def _sweep(self, ctx: PassContext, now_ms: int, walked_from: int | None) -> None:
+        """Revisit the late window behind the cursor as it was when this pass started: late
+        traces, failed judges, duplicates. What this pass walked is the next sweep's (a
+        catch-up does not read its traces a second time at once)."""
         cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
         self._last_sweep_ms = now_ms
-        if cursor.score is None:
+        if cursor.score is None or walked_from is None:
             return
         floor = Checkpoint(sweep_floor_ms(now_ms, int(self.settings.late_window_s * 1000)), "")
-        until = cursor.score.timestamp_ms + 1
+        until = min(cursor.score.timestamp_ms, walked_from) + 1
         exported = export.exported_ids(floor.timestamp_ms, until) if export else set()
         sweep = PassStats(self.experiment_id)
 
