@@ -43,6 +43,29 @@ from harness import (
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
+# Where a sample's time goes, by the outermost frame that names a part of the work (the first
+# pattern in this order that any frame of the stack matches, from the root outwards). The
+# floor is "judge call" + "log_feedback"; everything else is what the daemon adds around them.
+CATEGORIES = (
+    ("start-up imports", re.compile(r"^<module> \(.*mlflow_monitor_plugin/cli/")),
+    ("judge call", re.compile(r"^__call__ \(mlflow/genai/(scorers|judges)/")),
+    ("log_feedback", re.compile(r"^(log_feedback|log_assessment|update_assessment) \(mlflow/")),
+    ("trace fetch", re.compile(r"^(batch_get_traces|search_traces|get_trace) \(mlflow/")),
+    ("windows and charts", re.compile(r"\(mlflow_monitor_plugin/observe/")),
+    ("export", re.compile(r"\(mlflow_monitor_plugin/export/")),
+    ("imports (lazy)", re.compile(r"^_find_and_load \(<frozen importlib")),
+    ("the daemon's own code", re.compile(r"\(mlflow_monitor_plugin/")),
+)
+# Reported apart, inclusive: the judge proxy's share inside the judge calls.
+PROXY = re.compile(r"\(mlflow_monitor_plugin/scoring/(proxy|transport)\.py")
+
+
+def category(frames: list[str]) -> str:
+    for name, pattern in CATEGORIES:
+        if any(pattern.search(f) for f in frames):
+            return name
+    return "other (threads idle in Python, MLflow's client outside the calls above)"
+
 
 def _short(frame: str) -> str:
     m = FRAME.match(frame)
@@ -58,6 +81,7 @@ def _short(frame: str) -> str:
 def summarise(raw: Path, top: int) -> dict:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    parts: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -72,14 +96,23 @@ def summarise(raw: Path, top: int) -> dict:
         if not frames:
             continue
         total += n
-        own[_short(frames[-1])] += n
-        for f in {_short(f) for f in frames}:
+        short = [_short(f) for f in frames]
+        own[short[-1]] += n
+        for f in set(short):
             inclusive[f] += n
+        parts[category(short)] += n
+        if any(PROXY.search(f) for f in short):
+            parts["of which the judge proxy (inclusive)"] += n
 
     def rows(c: Counter[str]) -> list[dict]:
         return [{"frame": f, "share": round(n / total, 3)} for f, n in c.most_common(top)]
 
-    return {"samples": total, "own": rows(own), "inclusive": rows(inclusive)}
+    return {
+        "samples": total,
+        "categories": {k: round(n / total, 3) for k, n in parts.most_common()},
+        "own": rows(own),
+        "inclusive": rows(inclusive),
+    }
 
 
 def main() -> None:
@@ -94,11 +127,20 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None, help="keep the raw py-spy output")
     parser.add_argument(
+        "--summarise",
+        type=Path,
+        default=None,
+        help="only summarise a raw py-spy output kept with --out (no new run)",
+    )
+    parser.add_argument(
         "--preimport",
         default="",
         help="modules the daemon imports first (bench_vs_native.py --daemon-preimport)",
     )
     args = parser.parse_args()
+    if args.summarise:
+        print(json.dumps(summarise(args.summarise, args.top), indent=2))
+        return
     root = tmpdir("profile-daemon-")
     judge = JudgeProcess(0.0)
     server = None

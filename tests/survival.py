@@ -94,8 +94,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 12
     )
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (Linux /proc), children first."""
+def _children_by_parent() -> dict[int, list[int]]:
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -103,11 +102,22 @@ def descendants(pid: int) -> list[int]:
         except OSError:
             continue
         parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started itself (Linux /proc)."""
+    return _children_by_parent().get(pid, [])
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc), children first."""
+    parents = _children_by_parent()
     found, todo = [], [pid]
     while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
+        below = parents.get(todo.pop(), [])
+        found += below
+        todo += below
     return found
 
 

@@ -128,6 +128,30 @@ def test_partial_verdict_from_a_crash_is_completed_once(experiment_id, fake_judg
     assert len({a.metadata["mlflow_monitor.verdict_id"] for a in again}) == 1
 
 
+def test_a_crash_before_a_retry_cleans_up_is_tidied_by_the_next_walk(experiment_id, fake_judge):
+    """A retry logs the whole verdict, then deletes the partial one it replaces: a crash in
+    between leaves both, ahead of the checkpoint. The restarted daemon's walk (not only a
+    sweep, which may not reach past its starting cursor) keeps the whole one alone."""
+    log_traces(1)
+    time.sleep(0.01)
+    (trace_id,) = log_traces(1)  # after where the restart's walk begins, so after its sweep
+    m = monitor([{"name": "chunk_relevance"}])
+    engine = MonitorEngine.create(experiment_id, NO_EXPORT)
+    engine.run_pass()
+    whole = ours(feedback_by_trace(experiment_id)[trace_id], m.monitor_id)
+    part = whole[0]  # what the crashed write of an earlier verdict left: one of its parts
+    metadata = {**part.metadata, "mlflow_monitor.verdict_id": "0-crashed"}
+    mlflow.log_feedback(
+        trace_id=trace_id, name=part.name, value=part.value, source=part.source, metadata=metadata
+    )
+    engine.tags.client.delete_experiment_tag(experiment_id, "mlflow_monitor.checkpoint")
+    restarted = MonitorEngine.create(experiment_id, NO_EXPORT, owner=engine.owner)
+    stats = restarted.run_pass()
+    assert stats.duplicates_removed == 1 and stats.feedback_logged == 0
+    again = ours(feedback_by_trace(experiment_id)[trace_id], m.monitor_id)
+    assert sorted(a.assessment_id for a in again) == sorted(a.assessment_id for a in whole)
+
+
 def test_unparseable_reply_is_error_feedback_then_replaced_by_the_verdict(
     sqlite_experiment_id, fake_judge
 ):

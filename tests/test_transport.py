@@ -79,8 +79,10 @@ def test_the_rate_limit_and_retry_after_hold_for_calls_made_in_process(fake_judg
     assert fake_judge.outcomes[0] == "429" and again[1] - again[0] >= 0.95  # Retry-After held
     times = sorted(fake_judge.times)
     assert len(times) == 13
-    # 10 calls/s at most: every call ~0.1 s after the one before, whatever the six threads did
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.085
+    # 10 calls/s at most, whatever the six threads did: 5 intervals of 0.1 s between a call and
+    # the 5th after it (without the limit all six threads call at once: ~0 s). The margin is
+    # for arrival times on a loaded machine; the departures are what the limiter spaces.
+    assert min(b - a for a, b in zip(times, times[5:], strict=False)) >= 0.4
 
 
 def _judge():

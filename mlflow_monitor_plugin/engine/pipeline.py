@@ -406,7 +406,9 @@ class MonitorEngine:
         seen: Callable[[TraceInfo, dict[str, JudgeState]], bool] | None = None,
     ) -> Due:
         """The sampled judges that have no verdict yet on these traces. On a trace the
-        monitor has ``seen`` before, only judges that failed or were cut short are due."""
+        monitor has ``seen`` before, only judges that failed or were cut short are due. A
+        whole verdict found with another, a partial one or an error beside it (a crash between
+        a write and its clean-up, or a race) is tidied here, wherever the trace is read."""
         monitor, judges = ctx.monitor, ctx.judges
         by_name = {j.name: j for j in judges}  # a shadow samples with its judge (same rate)
         due: Due = {}
@@ -414,6 +416,8 @@ class MonitorEngine:
         matching = {f: self.source.matching(infos, f) for f in filters}  # judges' and strata's
         for info in infos:
             states = judge_states(info, monitor.monitor_id)
+            if any(s.untidy for s in states.values()):  # left by a crash: tidy it now
+                stats.duplicates_removed += ctx.writer.reconcile(info)
             retry_only = seen is not None and seen(info, states)
             if not retry_only:  # new to the monitor: its window changes
                 ctx.touched[info.trace_id] = info.timestamp_ms
@@ -579,15 +583,19 @@ class MonitorEngine:
         return last is None or now_ms - last >= self.settings.sweep_every_s * 1000
 
     def _sweep(self, ctx: PassContext, now_ms: int, walked_from: int | None) -> None:
-        """Revisit the late window behind the cursor as it was when this pass started: late
-        traces, failed judges, duplicates. What this pass walked is the next sweep's (a
-        catch-up does not read its traces a second time at once)."""
+        """Revisit the late window behind the cursor: late traces, failed judges, duplicates.
+        A pass whose judges all answered stops where the cursor was when it started: what it
+        walked is the next sweep's (a catch-up does not read its traces a second time at once).
+        A pass with failures sweeps up to the cursor, so they are retried now, not in
+        ``sweep_every_s``."""
         cursor, export, stats = ctx.cursor, ctx.export, ctx.stats
         self._last_sweep_ms = now_ms
         if cursor.score is None or walked_from is None:
             return
         floor = Checkpoint(sweep_floor_ms(now_ms, int(self.settings.late_window_s * 1000)), "")
-        until = min(cursor.score.timestamp_ms, walked_from) + 1
+        until = cursor.score.timestamp_ms + 1
+        if not stats.total("failed"):
+            until = min(until, walked_from + 1)
         exported = export.exported_ids(floor.timestamp_ms, until) if export else set()
         sweep = PassStats(self.experiment_id)
 
@@ -599,14 +607,13 @@ class MonitorEngine:
             page = [i for i in page if self.shards.owns(i.trace_id)]
             if not page:
                 continue
-            for info in page:
-                stats.duplicates_removed += ctx.writer.reconcile(info)
-            self._score(ctx, page, sweep, seen)
+            self._score(ctx, page, sweep, seen)  # which tidies what a crash or race left
             late = [i.trace_id for i in page if i.trace_id not in exported]
             if export and late and not is_ahead(cursor.export, page[-1]):
                 key = f"{self.shards.batch_prefix()}late-{uuid.uuid4().hex}"
                 self._export(export, key, late, stats)
         stats.feedback_logged += sweep.feedback_logged
+        stats.duplicates_removed += sweep.duplicates_removed
         for judge, counts in sweep.judges.items():
             for what in ("scored", "failed"):
                 stats.count(judge, what, counts[what])

@@ -99,6 +99,12 @@ class JudgeState:
         return bool(self.complete or self.native)
 
     @property
+    def untidy(self) -> bool:
+        """A whole verdict with something beside it: another verdict, a partial one or an
+        error, which a crash between a write and its clean-up (or a race) leaves."""
+        return bool(self.complete) and bool(len(self.complete) > 1 or self.partial or self.errors)
+
+    @property
     def verdicts(self) -> list[list[Any]]:
         """The complete verdicts, the monitor's own first, else MLflow's runner's."""
         return self.complete or [[a] for a in self.native]

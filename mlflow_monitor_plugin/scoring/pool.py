@@ -286,6 +286,10 @@ def _init_worker(
     board: Any = None,
 ) -> None:
     global _runner
+    # First of all: a daemon killed while this process starts must not leave it behind.
+    threading.Thread(
+        target=_exit_with_daemon, args=(lifeline,), name="mlflow-monitor-lifeline", daemon=True
+    ).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     variables, urls = environ
@@ -303,9 +307,6 @@ def _init_worker(
         timeout = float(os.environ.get("MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS") or 600)
         transport.install(proxy_url, transport.remote(proxy_url, timeout))
     _runner = JudgeRunner(settings)
-    threading.Thread(
-        target=_exit_with_daemon, args=(lifeline,), name="mlflow-monitor-lifeline", daemon=True
-    ).start()
 
 
 def _exit_with_daemon(lifeline: Connection) -> None:
