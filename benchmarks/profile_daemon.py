@@ -43,28 +43,36 @@ from harness import (
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
-# Where a sample's time goes, by the outermost frame that names a part of the work (the first
-# pattern in this order that any frame of the stack matches, from the root outwards). The
-# floor is "judge call" + "log_feedback"; everything else is what the daemon adds around them.
+# Where a sample's time goes: the first of these parts that a frame of its stack names. One-time
+# costs first (imports, lazy ones included, and store set-up: `bench_cpu.py` subtracts most of
+# them as start-up); then the floor's two calls, MLflow's scorer and `log_feedback`; then what
+# the daemon adds around them.
 CATEGORIES = (
-    ("start-up imports", re.compile(r"^<module> \(.*mlflow_monitor_plugin/cli/")),
-    ("judge call", re.compile(r"^__call__ \(mlflow/genai/(scorers|judges)/")),
-    ("log_feedback", re.compile(r"^(log_feedback|log_assessment|update_assessment) \(mlflow/")),
-    ("trace fetch", re.compile(r"^(batch_get_traces|search_traces|get_trace) \(mlflow/")),
+    (
+        "one-time: imports and store set-up",
+        re.compile(r"^(_find_and_load|MlflowClient\.__init__|_get_store) \("),
+    ),
+    ("judge call (MLflow's scorer)", re.compile(r"\(mlflow/genai/scorers/base\.py")),
+    ("log_feedback", re.compile(r"^log_feedback \(mlflow/")),
+    ("trace fetch", re.compile(r"^\w*\.?(batch_get_traces|search_traces|get_trace) \(mlflow/")),
     ("windows and charts", re.compile(r"\(mlflow_monitor_plugin/observe/")),
     ("export", re.compile(r"\(mlflow_monitor_plugin/export/")),
-    ("imports (lazy)", re.compile(r"^_find_and_load \(<frozen importlib")),
     ("the daemon's own code", re.compile(r"\(mlflow_monitor_plugin/")),
 )
-# Reported apart, inclusive: the judge proxy's share inside the judge calls.
-PROXY = re.compile(r"\(mlflow_monitor_plugin/scoring/(proxy|transport)\.py")
+# Reported apart: the judge proxy's own work, in the daemon's HTTP server threads (before
+# issue 25) or in the adapter MLflow's client calls (after), its upstream HTTP call excluded
+# (the floor makes that call too, from the scorer).
+PROXY = re.compile(
+    r"\((mlflow_monitor_plugin/scoring/(proxy|transport)\.py|socketserver\.py|http/server\.py)"
+)
+UPSTREAM = re.compile(r"\(urllib3/")
 
 
 def category(frames: list[str]) -> str:
     for name, pattern in CATEGORIES:
         if any(pattern.search(f) for f in frames):
             return name
-    return "other (threads idle in Python, MLflow's client outside the calls above)"
+    return "other (MLflow's client and Python outside the calls above)"
 
 
 def _short(frame: str) -> str:
@@ -82,6 +90,7 @@ def summarise(raw: Path, top: int) -> dict:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     parts: Counter[str] = Counter()
+    steady: Counter[str] = Counter()  # own time outside the one-time costs
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -100,9 +109,12 @@ def summarise(raw: Path, top: int) -> dict:
         own[short[-1]] += n
         for f in set(short):
             inclusive[f] += n
-        parts[category(short)] += n
-        if any(PROXY.search(f) for f in short):
-            parts["of which the judge proxy (inclusive)"] += n
+        part = category(short)
+        parts[part] += n
+        if part != CATEGORIES[0][0]:
+            steady[short[-1]] += n
+        if any(PROXY.search(f) for f in short) and not any(UPSTREAM.search(f) for f in short):
+            parts["of which the judge proxy's own work"] += n
 
     def rows(c: Counter[str]) -> list[dict]:
         return [{"frame": f, "share": round(n / total, 3)} for f, n in c.most_common(top)]
@@ -111,6 +123,7 @@ def summarise(raw: Path, top: int) -> dict:
         "samples": total,
         "categories": {k: round(n / total, 3) for k, n in parts.most_common()},
         "own": rows(own),
+        "own_after_start_up": rows(steady),
         "inclusive": rows(inclusive),
     }
 
@@ -126,6 +139,9 @@ def main() -> None:
     )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None, help="keep the raw py-spy output")
+    parser.add_argument(
+        "--baseline", default="", help="profile this git commit's package instead (the before)"
+    )
     parser.add_argument(
         "--summarise",
         type=Path,
@@ -153,7 +169,13 @@ def main() -> None:
         exp = make_monitor(uri, "profile", root)
         create_traces(uri, exp, args.traces, int(time.time() * 1000) - 600_000)
         raw = args.out or root / "pyspy.txt"
+        package = {}
+        if args.baseline:
+            from bench_vs_native import baseline_package
+
+            package = {"PYTHONPATH": str(baseline_package(args.baseline, root))}
         env = base_env(
+            **package,
             MLFLOW_TRACKING_URI=uri,
             OPENAI_API_BASE=judge.url,
             OPENAI_API_KEY="sk-benchmark-not-a-key",
@@ -188,6 +210,7 @@ def main() -> None:
         seconds = time.time() - started
         result = {
             "preimport": args.preimport,
+            "package": args.baseline or "this checkout",
             "traces": args.traces,
             "store": "rest" if args.rest else "sqlite",
             "gil_only": args.gil,
