@@ -42,6 +42,7 @@ class JudgeBehaviour:
     usage: Callable[[dict[str, Any]], dict[str, int] | None] | None = None
     # the rationale from the prompt and verdict (default: "fake judge says <verdict> (<digest>)")
     rationale: Callable[[str, str], str] | None = None
+    malformed_text: str = "this is {not json"  # the reply's content on a "malformed" fault
 
 
 class FakeJudge:
@@ -165,7 +166,8 @@ class FakeJudge:
                     time.sleep(behaviour.hang_s)
                     self._send(504, {"error": {"message": "gateway timeout"}})
                 elif fault == "malformed":
-                    self._send(200, _completion(body, "this is {not json", behaviour.usage))
+                    reply = _completion(body, behaviour.malformed_text, behaviour.usage)
+                    self._send(200, reply)
                 else:
                     prompt = json.dumps(body.get("messages", []))
                     verdict = behaviour.verdict(prompt)

@@ -143,6 +143,24 @@ def test_a_pass_exports_and_alerts_with_personal_data_masked(setup):
     assert [raw for raw in RAW if raw in whole] == [] and "[TICKET]" in whole
 
 
+def test_a_judges_error_quoting_personal_data_is_logged_masked(setup):
+    """MLflow's parse error quotes the model's reply, which may quote the trace: the daemon's
+    warning is a copy out of MLflow, so the policy applies to it."""
+    judge, _ = setup
+    judge.behaviour.malformed_text = f"cannot decide, {ALICE} is not in the answer"
+    judge.behaviour.scripted = ["malformed"] * 50
+    m = create_external_monitor(
+        catalog_name="w", schema_name="d", pii={"kinds": "standard"},
+        assessments_config={"assessments": [{"name": "safety"}]},
+    )  # fmt: skip
+    _support_bot("question: where is my order?", "nobody")
+    result = run_cli("run", "-x", m.experiment_id, "--once", "--no-export", env=daemon_env())
+    log = result.stdout + result.stderr
+    assert judge.count("malformed") >= 1
+    assert "Judge safety failed on trace" in log and "cannot decide, [EMAIL]" in log, log[-3000:]
+    assert ALICE not in log
+
+
 def test_status_and_get_show_the_policy(sqlite_experiment_id):
     suite = {"assessments": [{"name": "pii_detection"}]}
     create_external_monitor(

@@ -79,6 +79,18 @@ class EngineSettings:
     shard: Shard | None = None  # this replica's share of the traces (engine/shards.py)
 
 
+def _masked(monitor: ExternalMonitor, text: str | None) -> str | None:
+    """``text`` (a judge's error, which may quote the model's reply about a trace) as the
+    monitor's personal-data policy would copy it out; withheld when the policy cannot run."""
+    if not text or not monitor.pii.enabled:
+        return text
+    try:
+        masker = masker_for(monitor.pii)
+    except MonitorConfigError:
+        return "(message withheld: the monitor's pii policy cannot be applied here)"
+    return masker.mask_text(text)[0] if masker else text
+
+
 class MonitorEngine:
     """Runs passes for one experiment's monitor. Collaborators are handed in; ``create`` wires
     the real ones."""
@@ -503,7 +515,8 @@ class MonitorEngine:
                 log = _logger.debug if verdict.skipped else _logger.warning
                 log(
                     "Judge %s failed on trace %s after %d attempts: %s",
-                    verdict.judge.name, verdict.trace_id, verdict.attempts, verdict.error,
+                    verdict.judge.name, verdict.trace_id, verdict.attempts,
+                    _masked(ctx.monitor, verdict.error),
                 )  # fmt: skip
         # Error feedback makes a failure visible and due again on later sweeps. A failure counts
         # towards --max-failed-passes only if the judge answered others in this pass: an outage
