@@ -13,7 +13,12 @@ address and phone number in its question, five copies per trace: request, previe
 two spans), so each one takes the masker's slow path: recognize, parse, rewrite.
 
     .venv/bin/python benchmarks/bench_export.py --traces 2000
-    .venv/bin/python benchmarks/bench_export.py --traces 10000 --pii standard,hash --personal
+    .venv/bin/python benchmarks/bench_export.py --traces 10000 --pii standard,hash \\
+        --personal national --rounds 3
+
+``--rounds N`` alternates the measures N times and reports each one's median (a shared
+machine's speed drifts). ``--personal national`` writes the numbers in national format
+(``(415) 555-0123``), which ``phonenumbers`` tries in each of its 8 regions.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import resource
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -61,8 +67,8 @@ POLICIES = {
 }
 
 
-def _phone(i: int) -> str:
-    return f"+1 415-555-{i % 10_000:04d}"
+def _phone(i: int, national: bool = False) -> str:
+    return f"(415) 555-{i % 10_000:04d}" if national else f"+1 415-555-{i % 10_000:04d}"
 
 
 def _log_with_tracer(i: int, start_ns: int, personal: bool = False) -> str:
@@ -85,7 +91,9 @@ def _log_with_tracer(i: int, start_ns: int, personal: bool = False) -> str:
     return root.trace_id
 
 
-def _clone_spans(template: list[dict[str, Any]], i: int, start_ns: int) -> tuple[str, list[Span]]:
+def _clone_spans(
+    template: list[dict[str, Any]], i: int, start_ns: int, national: bool = False
+) -> tuple[str, list[Span]]:
     """The template trace's spans under a new trace id, start time and question."""
     otel_id = secrets.token_bytes(16)
     trace_id = "tr-" + otel_id.hex()
@@ -103,14 +111,16 @@ def _clone_spans(template: list[dict[str, Any]], i: int, start_ns: int) -> tuple
         d["attributes"]["mlflow.traceRequestId"] = json.dumps(trace_id)
         inputs = json.loads(d["attributes"]["mlflow.spanInputs"])
         key = "question" if "question" in inputs else "query"
-        text = inputs[key].replace(EMAIL, f"user{i}@example.com").replace(PHONE, _phone(i))
+        text = (
+            inputs[key].replace(EMAIL, f"user{i}@example.com").replace(PHONE, _phone(i, national))
+        )
         d["attributes"]["mlflow.spanInputs"] = json.dumps({key: f"{text} #{i}"})
         spans.append(Span.from_dict(d))
     return trace_id, spans
 
 
 def create_traces(
-    count: int, experiment_id: str, start_ms: int, method: str, personal: bool = False
+    count: int, experiment_id: str, start_ms: int, method: str, personal: str | None = None
 ) -> None:
     """``count`` traces over 7 days of request time, one judge feedback every 10th.
 
@@ -119,16 +129,16 @@ def create_traces(
     each trace's info from its spans; trace metadata is left empty). ``tracer`` logs every trace
     through the fluent API."""
     judge = AssessmentSource(source_type="LLM_JUDGE", source_id="bench-judge")
-    template_id = _log_with_tracer(0, start_ms * 1_000_000, personal)
+    template_id = _log_with_tracer(0, start_ms * 1_000_000, bool(personal))
     template = [s.to_dict() for s in mlflow.get_trace(template_id).data.spans]
     client = TracingClient()
     began, pending, trace_ids = time.perf_counter(), [], [template_id]
     for i in range(1, count):
         start_ns = (start_ms + (i % 7) * DAY_MS + i) * 1_000_000
         if method == "tracer":
-            trace_ids.append(_log_with_tracer(i, start_ns, personal))
+            trace_ids.append(_log_with_tracer(i, start_ns, bool(personal)))
         else:
-            trace_id, spans = _clone_spans(template, i, start_ns)
+            trace_id, spans = _clone_spans(template, i, start_ns, personal == "national")
             trace_ids.append(trace_id)
             pending.extend(spans)
         if len(pending) >= 1_000 or (pending and i + 1 == count):
@@ -142,12 +152,14 @@ def create_traces(
     _progress(f"logged {len(trace_ids[::10])} feedbacks")
 
 
-def _holds_email(export: Path) -> set[bool]:
-    """For each file of the export, whether its text columns hold the e-mail address."""
+def _holds_personal(export: Path) -> set[bool]:
+    """For each file of the export, whether its text columns hold an e-mail address or a
+    phone number of the traces."""
     columns = ["request", "request_preview", "spans", "trace_metadata"]
     return {
-        "@example.com" in json.dumps(pq.read_table(path, columns=columns).to_pylist())
+        any(raw in text for raw in ("@example.com", "415-555-", "555-2671"))
         for path in export.rglob("*.parquet")
+        for text in [json.dumps(pq.read_table(path, columns=columns).to_pylist())]
     }
 
 
@@ -173,6 +185,11 @@ def page_through(
             return seen, search_s, handle_s
 
 
+def _median(runs: list[tuple[int, float, float, float]]) -> tuple[int, float, float, float]:
+    """Each measure's median over the rounds (traces seen, search s, write s, CPU s)."""
+    return runs[0][0], *(statistics.median(run[k] for run in runs) for k in (1, 2, 3))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=10_000)
@@ -189,7 +206,18 @@ def main() -> None:
         help="Redaction policies to compare with none, e.g. 'standard,hash' (see the docstring)",
     )
     parser.add_argument(
-        "--personal", action="store_true", help="Every trace carries an e-mail and a phone"
+        "--personal",
+        nargs="?",
+        const="international",
+        choices=["international", "national"],
+        help="Every trace carries an e-mail and a phone number, written +1 415-555-0123 "
+        "(international, the default) or (415) 555-0123 (national)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Measure (b) and each policy this many times, alternated; medians are reported",
     )
     args = parser.parse_args()
     policies = [p for p in args.pii.split(",") if p]
@@ -222,8 +250,13 @@ def main() -> None:
             seen, search_s, write_s = page_through(client, experiment_id, args.page_size, export)
             return seen, search_s, write_s, time.process_time() - cpu
 
-        seen_b, search_b, write_b, cpu_b = measure("b", None)
-        pii_runs = {policy: measure(f"pii-{policy}", policy) for policy in policies}
+        runs: dict[str, list[tuple[int, float, float, float]]] = {}
+        for round_ in range(args.rounds):  # alternated: a drift in the machine's speed hits all
+            if args.rounds > 1:
+                _progress(f"round {round_ + 1}/{args.rounds}")
+            for label, policy in [("b", None)] + [(f"pii-{p}", p) for p in policies]:
+                runs.setdefault(label, []).append(measure(label, policy))
+        seen_b, search_b, write_b, cpu_b = _median(runs["b"])
         files = [p for p in (root / "export-b").rglob("*.parquet")]
         search_rate = seen_a / search_a
         export_rate = seen_b / (search_b + write_b)
@@ -231,6 +264,7 @@ def main() -> None:
             "traces": args.traces,
             "page_size": args.page_size,
             "created_with": args.create_with,
+            "rounds": args.rounds,
             "create_s": round(create_s, 2),
             "a_search_only_s": round(search_a, 3),
             "a_search_only_traces_per_s": round(search_rate, 1),
@@ -244,11 +278,12 @@ def main() -> None:
             "parquet_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
-        for policy, (seen, search_s, write_s, cpu_s) in pii_runs.items():
+        for policy in policies:
+            seen, search_s, write_s, cpu_s = _median(runs[f"pii-{policy}"])
             assert seen == args.traces, (policy, seen)
-            if args.personal:  # the e-mail addresses are really masked
-                holds = _holds_email(root / f"export-pii-{policy}")
-                assert holds == {False} and _holds_email(root / "export-b") == {True}, holds
+            if args.personal:  # the addresses and numbers are really masked
+                holds = _holds_personal(root / f"export-pii-{policy}")
+                assert holds == {False} and _holds_personal(root / "export-b") == {True}, holds
             rate = seen / (search_s + write_s)
             summary[f"pii_{policy}"] = {
                 "search_and_export_traces_per_s": round(rate, 1),

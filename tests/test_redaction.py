@@ -148,3 +148,102 @@ def test_built_in_kinds_without_the_extra_name_it(monkeypatch):
     finally:
         load.cache_clear()
         _masker.cache_clear()
+
+
+JSON_TEXTS = [
+    json.dumps({"question": "I am alice@example.com, call me on +1 415-555-2671 #7"}),
+    json.dumps({"alice@example.com": ["call 020 7946 0958", {"n": 4111111111111111}]}),
+    json.dumps(["(415) 555-2671", "030 901820", "+49 30 901820", 4155552671, True, None]),
+    json.dumps({"multi": "line\n4155552671 and tab\tbob@example.com"}),
+    json.dumps({"messages": [{"role": "user", "content": 'Call:\n(415) 555-2671\n"bob@x.org"'}]}),
+    json.dumps({"path": "C:\\Users\\alice@example.com\\n415-555-2671", "at": "10:00"}),
+    json.dumps({"log": "2026-01-05 10:00:00 started\r\n+44 20 7946 0958/ext"}),
+    json.dumps({"hidden": "alice\u0040example.com"}, ensure_ascii=True),
+    json.dumps({"id": "TCK-123456", "note": "ticket TCK-123456 is open"}),
+    json.dumps({"a": "x@y.org", "b": "cc", "ip": "10.0.0.1", "v6": "2001:db8::1"}),
+    json.dumps("just a string with bob@example.com"),
+    '{"truncated": "alice@example.com and more',  # a preview: not JSON, masked as text
+    "4111 1111 1111 1111 is not JSON at all",
+]
+
+
+@pytest.mark.parametrize("text", JSON_TEXTS)
+@pytest.mark.parametrize(
+    "patterns",
+    [{}, {"ticket": r"^TCK-\d{6}$"}, {"across": r'y\.org", "b": "cc'}],
+    ids=["built-in", "anchored", "across-quotes"],
+)
+def test_json_masked_in_place_reads_the_same_as_masked_value_by_value(text, patterns):
+    """JSON without escapes is masked in its text; the result must be what parsing, masking
+    each string and number, and writing it back gives (and valid JSON when the input was)."""
+    masker = masker_for(policy_from({"kinds": "standard", "patterns": patterns}))
+    masked, found = masker.mask_json_text(text)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        assert (masked, found) == masker.mask_text(text)
+        return
+    expected, expected_found = masker.mask_value(value)
+    assert found == expected_found and json.loads(masked) == expected
+
+
+def test_values_next_to_an_escape_and_anchored_patterns_are_masked_in_json():
+    """Found by reading JSON as text: a number after an escaped newline (the 'n' read as a
+    letter before it), and an operator's pattern anchored to a whole string, were left as
+    they were."""
+    masker = masker_for(policy_from({"kinds": "standard", "patterns": {"id": r"^TCK-\d{6}$"}}))
+    text = json.dumps({"id": "TCK-123456", "reply": "Sure!\n415-555-2671\nbob@example.com"})
+    masked, found = masker.mask_json_text(text)
+    assert found and json.loads(masked) == {"id": "[ID]", "reply": "Sure!\n[PHONE]\n[EMAIL]"}
+    # a time after a date is no phone number: phonenumbers reads the ':MM' after it
+    stamp = json.dumps({"at": "2026-01-05 10:00:00"})
+    assert masker.mask_json_text(stamp) == (stamp, False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "call +1 415-555-2671 or (415) 555-2671 today",
+        "London 020 7946 0958, Berlin 030 901820, +44 20 7946 0958",
+        "Paris 01 23 45 67 89; Mumbai 022 2778 2000; 12345 is an order number",
+        "+55 11 91234-5678 / 011 91234 5678 and 2026-01-05 10:00:00",
+    ],
+)
+def test_phone_numbers_are_those_presidio_finds(text):
+    """The phone kind runs phonenumbers as Presidio's PhoneRecognizer does (its regions and
+    leniency), without its wrapper: the same numbers."""
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    presidio = PhoneRecognizer().analyze(text, ["PHONE_NUMBER"], None)
+    masker = masker_for(policy_from("phone"))
+    assert [(f.start, f.end) for f in masker.find(text)] == sorted(
+        (r.start, r.end) for r in presidio
+    )
+    assert presidio, "each text holds a number"
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("email", "mail Alice.Smith@Example.com, bob@x.org; not a@b or c@d.invalidtld"),
+        ("credit_card", "card 4111 1111 1111 1111 and 4111-1111-1111-1112, 378282246310005"),
+        ("ip_address", "from 192.168.10.23 and 2001:db8::1, not 1.2.3 nor 999.1.1.1 at 10:00"),
+        ("us_ssn", "SSN 536-90-4399 or 536904399, not 000-12-3456"),
+        ("uk_nino", "NI number AB 12 34 56 C, or QQ123456C"),
+        ("es_nif", "DNI 12345678Z, not 12345678A"),
+    ],
+)
+def test_pattern_kinds_find_what_their_presidio_recognizer_finds(kind, text):
+    """The pattern kinds run their Presidio recognizer's regexes and checks without its
+    result objects: the same values, whole text or windows."""
+    import presidio_analyzer.predefined_recognizers as module
+
+    from mlflow_monitor_plugin.redaction.recognizers import KIND_TABLE, _offline_email
+
+    if kind == "email":
+        presidio = _offline_email(module)
+    else:
+        presidio = getattr(module, KIND_TABLE[kind].recognizer)()
+    expected = sorted((r.start, r.end) for r in presidio.analyze(text, presidio.supported_entities))
+    masker = masker_for(policy_from({"kinds": [kind]}))
+    assert [(f.start, f.end) for f in masker.find(text)] == expected and expected

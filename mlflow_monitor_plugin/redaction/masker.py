@@ -29,6 +29,9 @@ MIN_SECRET_LENGTH = 16
 HASH_HEX = 16
 SHORT_TEXT, SHORT_CACHE = 64, 4096
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]")
+_CONTEXT = re.compile(r"\^|\$|\\[AZz]|\(\?<?[=!]")
+_ESCAPE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|.)", re.DOTALL)
+_QUOTE_OR_ESCAPE = re.compile(r'["\\]')
 _COMPACT = {"phone", "credit_card", "iban"}  # separators do not make another value
 
 
@@ -64,6 +67,12 @@ class Masker:
         self._labels.update({name: name.upper() for name, _ in policy.patterns})
         self._key = key
         self._short = functools.lru_cache(maxsize=SHORT_CACHE)(self._find)
+        self._hashed = functools.lru_cache(maxsize=SHORT_CACHE)(self._hash)  # a value's copies
+        # An operator's pattern that reads its context (anchors, lookarounds) may match a
+        # decoded JSON string but not the same characters between quotes; one that reads
+        # whitespace or any character may tell an escape from a blank: such JSON is parsed.
+        self._in_place = not any(_CONTEXT.search(regex) for _, regex in policy.patterns)
+        self._escapes_in_place = not policy.patterns
 
     @property
     def drops(self) -> bool:
@@ -90,20 +99,24 @@ class Masker:
         label = self._labels[kind]
         if self.policy.mode != "hash" or self._key is None:
             return f"[{label}]"
-        digest = hmac.new(self._key, f"{kind}:{_normalized(kind, value)}".encode(), "sha256")
+        return self._hashed(label, kind, _normalized(kind, value))
+
+    def _hash(self, label: str, kind: str, normalized: str) -> str:
+        digest = hmac.new(self._key or b"", f"{kind}:{normalized}".encode(), "sha256")
         return f"[{label}:{digest.hexdigest()[:HASH_HEX]}]"
 
     def mask_text(self, text: str) -> tuple[str, bool]:
         """``text`` with every value found replaced, and whether there was one."""
         found = self.find(text)
-        if not found:
-            return text, False
+        return (self._replaced(text, found), True) if found else (text, False)
+
+    def _replaced(self, text: str, found: tuple[Found, ...]) -> str:
         parts, last = [], 0
         for f in found:
             parts += [text[last : f.start], self.token(f.kind, text[f.start : f.end])]
             last = f.end
         parts.append(text[last:])
-        return "".join(parts), True
+        return "".join(parts)
 
     def mask_value(self, value: Any) -> tuple[Any, bool]:
         """A JSON value with its strings (and numbers that hold a value) masked."""
@@ -129,20 +142,52 @@ class Masker:
 
     def mask_json_text(self, text: str) -> tuple[str, bool]:
         """Text that may be JSON: masked value by value when it parses (a number stays valid
-        JSON, as a string token), else as plain text. Unchanged text is returned as is."""
-        if not self.find(text) and "\\u" not in text:
-            return text, False
+        JSON, as a string token), else as plain text. Unchanged text is returned as is.
+
+        Most JSON is masked in its text instead, for one scan: values are looked for in a view
+        of it where each escape (``\\n``, ``\\"``...) is blanked, so a string's characters read
+        as decoded (an escape's letter is no neighbour), and where every value found lies
+        inside a string (an odd number of quotes before it, none and no escape inside it) it
+        is replaced in place: what parsing, masking each string and writing back would give.
+        A value in a number, ``\\u`` escapes, or an operator's pattern that could read the
+        view differently send it the slow way."""
         stripped = text.lstrip()
-        if stripped[:1] in ("{", "[", '"') or stripped[:1].isdigit():
-            try:
-                value = json.loads(text)
-            except ValueError:
-                return self.mask_text(text)
-            masked, found = self.mask_value(value)
-            if not found:
-                return text, False
-            return json.dumps(masked, ensure_ascii=False), True
-        return self.mask_text(text)
+        if not (stripped[:1] in ("{", "[", '"') or stripped[:1].isdigit()):
+            return self.mask_text(text)
+        view = text
+        if "\\" in text:
+            if not self._escapes_in_place or "\\u" in text or "\\/" in text:
+                return self._mask_parsed(text)
+            view = _ESCAPE.sub(_blank, text)
+        elif not self._in_place:
+            return self._mask_parsed(text)
+        found = self.find(view)
+        if not found:
+            return text, False
+        if _within_strings(text, view, found):
+            return self._replaced(text, found), True
+        return self._mask_parsed(text)
+
+    def _mask_parsed(self, text: str) -> tuple[str, bool]:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return self.mask_text(text)
+        masked, found = self.mask_value(value)
+        return (json.dumps(masked, ensure_ascii=False), True) if found else (text, False)
+
+
+def _blank(escape: re.Match[str]) -> str:
+    return " " * len(escape.group())
+
+
+def _within_strings(text: str, view: str, found: tuple[Found, ...]) -> bool:
+    """Every value lies inside a string of the JSON ``text``: an odd number of quotes before it
+    in ``view`` (its escaped quotes blanked), no quote and no escape within it."""
+    return all(
+        view.count('"', 0, f.start) % 2 == 1 and not _QUOTE_OR_ESCAPE.search(text, f.start, f.end)
+        for f in found
+    )
 
 
 def _key(environ: Mapping[str, str]) -> bytes | None:
