@@ -9,8 +9,9 @@ and prints a JSON summary (throughputs, their ratio, peak RSS). Progress goes to
 With ``--pii`` (policies, comma-separated: ``standard``, ``hash``), (b) is repeated with each
 redaction policy on, and the summary compares each with the policy off: throughput, its ratio,
 and CPU per trace. With ``--personal`` every trace carries personal data (its own e-mail
-address and phone number in its question, five copies per trace: request, preview, metadata,
-two spans), so each one takes the masker's slow path: recognize, parse, rewrite.
+address and phone number in its question, which the request, its preview and both spans'
+inputs hold: two distinct texts per trace, the rest copies), so each trace takes the masker's
+costly path: recognize new values, then rewrite the texts that hold them.
 
     .venv/bin/python benchmarks/bench_export.py --traces 2000
     .venv/bin/python benchmarks/bench_export.py --traces 10000 --pii standard,hash \\
