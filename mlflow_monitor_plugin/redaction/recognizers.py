@@ -22,7 +22,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mlflow_monitor_plugin.exceptions import MonitorConfigError
 
@@ -111,11 +111,10 @@ class Recognizer:
     window (the findings of a window are kept, so a value repeated across the copies of a
     request, or across traces, is recognized once)."""
 
-    def __init__(self, kind: str, presidio: Any):
+    def __init__(self, kind: str, runner: Runner):
         self.kind = kind
         self.spec = KIND_TABLE[kind]
-        self._presidio = presidio
-        self._entities = list(getattr(presidio, "supported_entities", ()))
+        self._runner = runner
         self._window = functools.lru_cache(maxsize=WINDOW_CACHE)(self._spans)
 
     def find(self, text: str) -> Iterator[Found]:
@@ -133,15 +132,28 @@ class Recognizer:
 
     def _spans(self, text: str, start: int, end: int) -> tuple[tuple[int, int, float], ...]:
         """The values in ``text``, whose window is ``text[start:end]`` (the rest is context)."""
-        if isinstance(self._presidio, (PhoneNumbers, Patterns)):
-            spans = self._presidio.spans(text, start, end)
-        else:
-            results = self._presidio.analyze(text, self._entities, None)
-            spans = [(r.start, r.end, float(r.score)) for r in results]
-        spans = [(a, b, score) for a, b, score in spans if score > 0 < b - a]
+        spans = [(a, b, score) for a, b, score in self._runner.spans(text, start, end) if b > a]
         if self.kind == "email":
             spans = [(_after_path(text, a, b), b, score) for a, b, score in spans]
         return tuple(spans)
+
+
+class Runner(Protocol):
+    """Runs one kind's recognition: its values in ``text`` as (start, end, score), score > 0;
+    ``text[start:end]`` is the window, the rest context."""
+
+    def spans(self, text: str, start: int, end: int) -> list[tuple[int, int, float]]: ...
+
+
+class Analyze:
+    """A Presidio recognizer with an ``analyze`` of its own (IBAN's), run as it is."""
+
+    def __init__(self, presidio: Any):
+        self._presidio, self._entities = presidio, list(presidio.supported_entities)
+
+    def spans(self, text: str, start: int, end: int) -> list[tuple[int, int, float]]:
+        results = self._presidio.analyze(text, self._entities, None)
+        return [(r.start, r.end, float(r.score)) for r in results if r.score > 0]
 
 
 class Patterns:
@@ -158,7 +170,7 @@ class Patterns:
         self._validate, self._invalidate = presidio.validate_result, presidio.invalidate_result
         self._max, self._min = presidio.MAX_SCORE, presidio.MIN_SCORE
 
-    def spans(self, text: str, start: int = 0, end: int = 0) -> list[tuple[int, int, float]]:
+    def spans(self, text: str, start: int, end: int) -> list[tuple[int, int, float]]:
         out = []
         for pattern, pattern_score in self._patterns:
             for match in pattern.finditer(text):
@@ -257,6 +269,5 @@ def load(kind: str) -> Recognizer:
         presidio = getattr(module, KIND_TABLE[kind].recognizer)()
     from presidio_analyzer import PatternRecognizer
 
-    if type(presidio).analyze is PatternRecognizer.analyze:
-        return Recognizer(kind, Patterns(presidio))
-    return Recognizer(kind, presidio)
+    own = type(presidio).analyze is not PatternRecognizer.analyze
+    return Recognizer(kind, Analyze(presidio) if own else Patterns(presidio))
